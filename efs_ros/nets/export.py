@@ -18,14 +18,16 @@ import numpy as np
 import torch
 
 from efs_ros.nets.checkpoint import (
+    MANIFEST_NAME,
     atomic_write_bytes,
     default_models_dir,
     load_model,
     read_manifest,
+    save_state_dict,
     sha256_file,
     write_manifest,
 )
-from efs_ros.nets.models import EvMergeNet, EvRefocusNet
+from efs_ros.nets.models import EvMergeNet, EvRefocusNet, count_parameters
 
 OPSET = 17
 ONNX_TOLERANCE = {"evrefocusnet": 1e-3, "evmergenet": 1e-4}
@@ -119,6 +121,33 @@ def export_models_dir(models_dir: str | Path | None = None) -> dict:
         entry["onnx_tolerance"] = ONNX_TOLERANCE[name]
     write_manifest(models_dir, manifest)
     return manifest
+
+
+def publish(models: dict[str, torch.nn.Module], models_dir: str | Path, info: dict | None = None,
+            onnx: bool = True) -> dict:
+    """Write each net as safetensors + manifest entry (sha256, config), then its ONNX export.
+
+    `info` (training data, steps, metrics) is stored in the manifest under "info". Entries of
+    nets not in `models` are kept.
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = read_manifest(models_dir) if (models_dir / MANIFEST_NAME).exists() else {"models": {}}
+    except Exception:  # noqa: BLE001 - an unreadable old manifest is simply replaced
+        manifest = {"models": {}}
+    for name, model in models.items():
+        fname = f"{name}.safetensors"
+        manifest["models"][name] = {
+            "weights": fname,
+            "sha256": save_state_dict(model, models_dir / fname),
+            "config": dict(model.config),
+            "parameters": count_parameters(model),
+        }
+    if info is not None:
+        manifest["info"] = info
+    write_manifest(models_dir, manifest)
+    return export_models_dir(models_dir) if onnx else manifest
 
 
 def main(argv=None) -> int:
