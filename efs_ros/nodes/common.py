@@ -1,0 +1,80 @@
+"""Small helpers shared by the efs_ros nodes: QoS, diagnostics, parameter descriptors, time."""
+from __future__ import annotations
+
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
+
+NS_PER_S = 1_000_000_000
+DIAG_OK, DIAG_WARN, DIAG_ERROR, DIAG_STALE = (DiagnosticStatus.OK, DiagnosticStatus.WARN,
+                                              DiagnosticStatus.ERROR, DiagnosticStatus.STALE)
+
+
+def qos(depth: int = 10, reliable: bool = True, latched: bool = False) -> QoSProfile:
+    """Keep-last QoS. Reliable publishers also serve best-effort subscribers (not vice versa),
+    so streams that recorders and evaluators must not miss stay reliable."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+
+
+def float_param(description: str, low: float, high: float, step: float = 0.0,
+                read_only: bool = False) -> ParameterDescriptor:
+    """A double parameter with an inclusive range that ROS enforces on every set."""
+    return ParameterDescriptor(
+        description=description, read_only=read_only,
+        floating_point_range=[FloatingPointRange(from_value=float(low), to_value=float(high),
+                                                 step=float(step))])
+
+
+def int_param(description: str, low: int, high: int, step: int = 1,
+              read_only: bool = False) -> ParameterDescriptor:
+    return ParameterDescriptor(
+        description=description, read_only=read_only,
+        integer_range=[IntegerRange(from_value=int(low), to_value=int(high), step=int(step))])
+
+
+def text_param(description: str, choices: tuple[str, ...] = (),
+               read_only: bool = False) -> ParameterDescriptor:
+    """A string/bool parameter; `choices` are listed for users (validate them in a set-callback)."""
+    if choices:
+        description = f"{description} (one of: {', '.join(choices)})"
+    return ParameterDescriptor(description=description, read_only=read_only,
+                               additional_constraints=f"one of {list(choices)}" if choices else "")
+
+
+def diagnostic_status(name: str, level: int, message: str, hardware_id: str = "",
+                      values: dict | None = None) -> DiagnosticStatus:
+    """A DiagnosticStatus whose key/values are the dict's items, stringified (floats to 4 digits)."""
+    def text(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    return DiagnosticStatus(level=bytes([level]) if isinstance(level, int) else level, name=name,
+                            message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=str(k), value=text(v)) for k, v in (values or {}).items()])
+
+
+def diagnostic_array(stamp: TimeMsg, *statuses: DiagnosticStatus) -> DiagnosticArray:
+    msg = DiagnosticArray()
+    msg.header.stamp = stamp
+    msg.status = list(statuses)
+    return msg
+
+
+def ns_to_stamp(ns: int) -> TimeMsg:
+    """Integer nanoseconds to a builtin_interfaces/Time (floor division keeps it exact)."""
+    sec, nanosec = divmod(int(ns), NS_PER_S)
+    return TimeMsg(sec=sec, nanosec=nanosec)
+
+
+def stamp_to_ns(stamp: TimeMsg) -> int:
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def time_to_ns(t: Time) -> int:
+    return int(t.nanoseconds)
