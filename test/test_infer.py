@@ -75,7 +75,7 @@ def test_published_models_round_trip_bit_exactly(models_dir):
         for k, v in ref.state_dict().items():
             assert torch.equal(loaded.state_dict()[k], v), k
     manifest = read_manifest(models_dir)
-    for name, entry in manifest["models"].items():
+    for entry in manifest["models"].values():
         assert entry["sha256"] == sha256_file(models_dir / entry["weights"])
         assert entry["onnx_sha256"] == sha256_file(models_dir / entry["onnx"])
 
@@ -325,7 +325,8 @@ def test_shipped_models_load_verify_and_run():
     lf, bins, stack, ev = _inputs(28, 36)
     ob = OnnxRuntimeBackend(d, provider="cpu")
     tb = TorchBackend(d, device="cpu")
-    np.testing.assert_allclose(ob.refocus(lf, bins), tb.refocus(lf, bins), atol=ONNX_TOLERANCE["evrefocusnet"])
+    np.testing.assert_allclose(ob.refocus(lf, bins), tb.refocus(lf, bins),
+                               atol=ONNX_TOLERANCE["evrefocusnet"])
     np.testing.assert_allclose(ob.merge_weights(stack, ev), tb.merge_weights(stack, ev),
                                atol=ONNX_TOLERANCE["evmergenet"])
     json.dumps(info)  # the manifest info stays plain JSON
