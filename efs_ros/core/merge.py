@@ -1,0 +1,81 @@
+"""Merging refocused images into one all-in-focus image, without a learned model.
+
+- `merge_focus`: soft per-pixel weights from a focus measure over K refocused images, the same
+  weights for R, G and B. Because every refocused image is the frame times a luminance gain, the
+  merge is one weighted mean of gains applied to the frame (no K x H x W x 3 stack).
+- `merge_refocus_map`: every pixel refocused to its own time, gathered straight from the
+  prefix sums (exact per pixel, no blending).
+- `merge_gradient`: the paper's gradient-domain fusion baseline (Sobel energy summed over
+  channels, Gaussian 41 x 41 with sigma 7, normalised).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .refocus import Refocuser, apply_gain
+from .select import focus_measure
+
+
+def focus_weights(focus: np.ndarray, power: float = 4.0) -> np.ndarray:
+    """[K, H, W] weights summing to 1 per pixel, proportional to (focus / max focus)^power.
+
+    Normalising by the per-pixel maximum first keeps the power from overflowing and makes the
+    weights depend only on how the K images compare at that pixel."""
+    f = np.maximum(focus, 0.0)
+    fmax = f.max(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(fmax > 0, f / fmax, 1.0).astype(np.float32)
+    w = r**np.float32(power)
+    w /= w.sum(axis=0, keepdims=True)
+    return w
+
+
+def merge_focus(refocuser: Refocuser, gains: np.ndarray, focus: np.ndarray | None = None,
+                power: float = 4.0, window: int = 9, presmooth: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Focus-measure merge of the refocused images with the given [K, H, W] gains.
+
+    Returns (all-in-focus image in the frame's layout, [K, H, W] weights)."""
+    if focus is None:
+        focus = focus_measure(refocuser.luminance_from_gains(gains), window, presmooth)
+    w = focus_weights(focus, power)
+    gain = np.einsum("khw,khw->hw", w, gains, optimize=True)
+    return apply_gain(refocuser.frame, gain, refocuser.eps), w
+
+
+def merge_refocus_map(refocuser: Refocuser, refocus_map: np.ndarray) -> np.ndarray:
+    """Every pixel refocused to its own time in the refocus map."""
+    return refocuser.image_at_pixel_times(refocus_map)
+
+
+def gradient_fusion_weights(images: np.ndarray) -> np.ndarray:
+    """The paper's baseline weights for a [K, H, W, C] (or [K, H, W]) stack: Sobel energy summed
+    over channels, blurred with a 41 x 41 Gaussian of sigma 7, normalised over K."""
+    x = images if images.ndim == 4 else images[..., None]
+    energy = np.zeros(x.shape[:3], np.float32)
+    for c in range(x.shape[3]):
+        ch = x[..., c]
+        gx = ndimage.sobel(ch, axis=2, mode="reflect")
+        gy = ndimage.sobel(ch, axis=1, mode="reflect")
+        energy += gx * gx + gy * gy
+    # truncate = 20 / 7 gives a radius of 20, i.e. the 41 x 41 kernel.
+    energy = ndimage.gaussian_filter(energy, (0, 7.0, 7.0), truncate=20.0 / 7.0, mode="reflect")
+    total = energy.sum(axis=0, keepdims=True)
+    k = energy.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, energy / total, 1.0 / k).astype(np.float32)
+
+
+def merge_gradient(refocuser: Refocuser, gains: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient-domain fusion baseline over the refocused images with the given gains."""
+    images = np.stack([apply_gain(refocuser.frame, g, refocuser.eps) for g in gains])
+    w = gradient_fusion_weights(images)
+    out = (w[..., None] * images).sum(axis=0) if images.ndim == 4 else (w * images).sum(axis=0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32), w
+
+
+def merge_stack(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted sum of an [N, C, H, W] linear stack with [N, H, W] weights -> H x W x C (or H x W)."""
+    out = np.einsum("nchw,nhw->hwc", stack, weights, optimize=True)
+    out = out[..., 0] if out.shape[2] == 1 else out
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

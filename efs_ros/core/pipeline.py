@@ -1,0 +1,229 @@
+"""One job in, one all-in-focus image, refocus map and depth out: the whole model-free pipeline,
+with hooks for the learned refocus and merge networks.
+
+Stages (timed in SweepResult.timings_ms): `stack` (bin events, prefix sums), `threshold`
+(contrast threshold from the data unless given), `select` (refocus times), `refocus` (images at
+the chosen times, only when a network or the gradient merge needs them), `merge`, `depth`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .depth import depth_from_refocus_map
+from .job import SweepJob, SweepResult
+from .merge import focus_weights, merge_focus, merge_gradient, merge_refocus_map, merge_stack
+from .refocus import (
+    DEFAULT_LOG_EPS,
+    EventStack,
+    Refocuser,
+    apply_gain,
+    estimate_threshold,
+    event_bins_between,
+    log_frame_chw,
+    luminance,
+    merge_event_stacks,
+)
+from .select import (
+    Selection,
+    dense_selection,
+    event_rate_patches,
+    focus_measure,
+    golden_section_patches,
+    uniform_selection,
+)
+
+METHODS = ("dense", "golden", "uniform", "event_rate")
+MERGES = ("focus", "refocus_map", "gradient")
+
+RefocusNet = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(log_frame [C, H, W] float32, event_bins [64, H, W] float32) -> log_image [C, H, W]."""
+MergeNet = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(stack [N, C, H, W] float32 linear, event_stacks [N, H, W] float32) -> weights [N, H, W]."""
+
+
+class JobError(ValueError):
+    """A job the pipeline cannot process (wrong shapes, dtypes or lens samples)."""
+
+
+@dataclass
+class PipelineConfig:
+    method: str = "dense"
+    """dense | golden (the paper's patch search) | uniform | event_rate (baselines)."""
+    n_bins: int = 128
+    """Time bins of the event stack over the sweep (refocus resolution of the dense method)."""
+    patch_grid: int = 8
+    """Patches per side for golden / event_rate (8 -> the paper's 64 patches)."""
+    merge: str = "focus"
+    """focus (soft focus-measure weights) | refocus_map (each pixel at its own time) | gradient."""
+    threshold: float | None = None
+    """Contrast threshold; None estimates it from the job."""
+    confidence_min: float = 0.15
+    """Depth is NaN where the selection's confidence is below this."""
+    log_eps: float = DEFAULT_LOG_EPS
+    n_uniform: int = 64
+    dense_times: int | None = None
+    """Evaluate the dense focus measure at this many bin edges (None: all)."""
+    focus_window: int = 9
+    focus_presmooth: float = 1.0
+    focus_power: float = 4.0
+    smooth_sigma: float = 2.0
+    golden_stop_events: float = 1000
+    golden_min_events: float = 2000
+    refocus_net: RefocusNet | None = None
+    merge_net: MergeNet | None = None
+    net_event_bins: int = 64
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        if self.merge not in MERGES:
+            raise ValueError(f"unknown merge {self.merge!r}; expected one of {MERGES}")
+        if self.n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"threshold must be positive, got {self.threshold}")
+
+
+def validate_job(job: SweepJob) -> None:
+    frame = np.asarray(job.frame)
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
+        raise JobError(f"frame must be H x W or H x W x 3, got shape {frame.shape}")
+    if frame.shape[0] < 2 or frame.shape[1] < 2:
+        raise JobError(f"frame too small: {frame.shape}")
+    ev = job.events
+    if getattr(ev, "dtype", None) is None or ev.dtype.names is None or \
+            not {"t", "x", "y", "p"} <= set(ev.dtype.names):
+        raise JobError(f"events must be EVENT_DTYPE, got {getattr(ev, 'dtype', type(ev))}")
+    ft = np.asarray(job.focus_t)
+    fd = np.asarray(job.focus_dpt)
+    if ft.ndim != 1 or ft.size < 2 or ft.shape != fd.shape:
+        raise JobError(f"focus_t / focus_dpt must be equal 1-D arrays of >= 2 samples, got "
+                       f"{ft.shape} and {fd.shape}")
+    if not np.all(np.diff(ft) > 0):
+        raise JobError("focus_t must be strictly increasing")
+
+
+def _ms(t0: float) -> float:
+    return 1000.0 * (time.perf_counter() - t0)
+
+
+def select(refocuser: Refocuser, job: SweepJob, config: PipelineConfig) -> Selection:
+    c = config
+    if c.method == "dense":
+        return dense_selection(refocuser, c.dense_times, c.focus_window, c.focus_presmooth,
+                               c.smooth_sigma)
+    if c.method == "uniform":
+        return uniform_selection(refocuser, c.n_uniform, c.focus_window, c.focus_presmooth,
+                                 c.smooth_sigma)
+    if c.method == "golden":
+        return golden_section_patches(refocuser, job.events, c.patch_grid, c.golden_stop_events,
+                                      c.golden_min_events)
+    return event_rate_patches(refocuser, job.events, c.patch_grid,
+                              min_events=c.golden_min_events)
+
+
+def _net_stack(refocuser: Refocuser, job: SweepJob, times_s: np.ndarray,
+               config: PipelineConfig) -> np.ndarray:
+    """[N, C, H, W] linear images at the chosen times, from the refocus net when there is one."""
+    h, w = job.height, job.width
+    if config.refocus_net is None:
+        gains = refocuser.gains(times_s)
+        imgs = [apply_gain(job.frame, g, refocuser.eps) for g in gains]
+    else:
+        log_frame = log_frame_chw(job.frame, refocuser.eps)
+        imgs = []
+        for t in times_s:
+            bins = event_bins_between(job.events, 0.0, float(t) * 1e6, config.net_event_bins, h, w)
+            out = np.asarray(config.refocus_net(log_frame, bins), dtype=np.float32)
+            if out.shape != log_frame.shape:
+                raise ValueError(f"refocus_net returned shape {out.shape}, expected {log_frame.shape}")
+            lin = np.clip(np.exp(out) - np.float32(refocuser.eps), 0.0, 1.0)
+            imgs.append(lin[0] if job.frame.ndim == 2 else np.transpose(lin, (1, 2, 0)))
+    stack = np.stack(imgs)
+    return stack[:, None] if stack.ndim == 3 else np.transpose(stack, (0, 3, 1, 2))
+
+
+def run_pipeline(job: SweepJob, config: PipelineConfig | None = None) -> SweepResult:
+    """The all-in-focus image, refocus map (s), depth (m, NaN where unknown) of one job."""
+    return run_pipeline_with_info(job, config)[0]
+
+
+def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
+                           ) -> tuple[SweepResult, dict]:
+    """run_pipeline, plus what it decided: threshold (and whether it was estimated), times."""
+    config = config or PipelineConfig()
+    validate_job(job)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    frame = np.asarray(job.frame, dtype=np.float32)
+    h, w = frame.shape[:2]
+
+    t = time.perf_counter()
+    stack = EventStack(job.events, h, w, job.sweep_span_s, config.n_bins)
+    timings["stack"] = _ms(t)
+
+    t = time.perf_counter()
+    estimated = False
+    if config.threshold is None:
+        threshold, estimated = estimate_threshold(stack, luminance(frame), config.log_eps)
+    else:
+        threshold = float(config.threshold)
+    refocuser = Refocuser(frame, stack, threshold, config.log_eps)
+    timings["threshold"] = _ms(t)
+
+    t = time.perf_counter()
+    sel = select(refocuser, job, config)
+    timings["select"] = _ms(t)
+
+    times = np.asarray(sel.times_s, dtype=np.float64)
+    if config.refocus_net is not None or config.merge_net is not None:
+        t = time.perf_counter()
+        images = _net_stack(refocuser, job, times, config)
+        timings["refocus"] = _ms(t)
+        t = time.perf_counter()
+        if config.merge_net is not None:
+            ev_stacks = merge_event_stacks(job.events, times * 1e6, h, w,
+                                           (stack.span_s[0] * 1e6, stack.span_s[1] * 1e6))
+            weights = np.asarray(config.merge_net(images, ev_stacks), dtype=np.float32)
+            if weights.shape != (times.size, h, w):
+                raise ValueError(f"merge_net returned shape {weights.shape}, expected "
+                                 f"{(times.size, h, w)}")
+        else:
+            lum = images[:, 0] if images.shape[1] == 1 else \
+                np.einsum("nchw,c->nhw", images, np.array([0.2126, 0.7152, 0.0722], np.float32))
+            weights = focus_weights(focus_measure(lum, config.focus_window, config.focus_presmooth),
+                                    config.focus_power)
+        aif = merge_stack(images, weights)
+        timings["merge"] = _ms(t)
+    else:
+        t = time.perf_counter()
+        if config.merge == "refocus_map":
+            aif = merge_refocus_map(refocuser, sel.refocus_map)
+        else:
+            gains = sel.gains
+            if gains is None:
+                times = np.unique(times)
+                gains = refocuser.gains(times)
+            if config.merge == "gradient":
+                aif, _ = merge_gradient(refocuser, gains)
+            else:
+                focus = sel.focus if sel.gains is not None else None
+                aif, _ = merge_focus(refocuser, gains, focus, config.focus_power,
+                                     config.focus_window, config.focus_presmooth)
+        timings["merge"] = _ms(t)
+
+    t = time.perf_counter()
+    depth = depth_from_refocus_map(sel.refocus_map, job.focus_t, job.focus_dpt, sel.confidence,
+                                   config.confidence_min)
+    timings["depth"] = _ms(t)
+    timings["total"] = _ms(t_all)
+    result = SweepResult(all_in_focus=aif.astype(np.float32),
+                         refocus_map=sel.refocus_map.astype(np.float32), depth=depth,
+                         confidence=sel.confidence.astype(np.float32), timings_ms=timings)
+    info = {"threshold": threshold, "threshold_estimated": estimated, "times_s": times,
+            "n_events": stack.n_events, "patch_times_s": sel.patch_times_s}
+    return result, info
