@@ -7,7 +7,7 @@ behind the same stable symlink), as a USB lens driver does.
 
 Emulator choices where the manual leaves room: `PrDA` returns the simulated lens state (the real
 driver echoes the set point) so the lag path is exercised; error replies are `E` + code:
-0x01 bad command CRC, 0x02 unknown command.
+0x01 bad command CRC, 0x02 unknown command, 0x03 command rejected (the `reject` fault).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from efs_ros.lens.optotune import (
 
 ERR_BAD_CRC = 0x01
 ERR_UNKNOWN_COMMAND = 0x02
+ERR_REJECTED = 0x03
 MODE_CURRENT = 1
 MODE_FOCAL_POWER = 5
 DEFAULT_PATH = "/tmp/efs_lens0"
@@ -47,7 +48,8 @@ class LensDriverEmulator:
     """Serve one emulated Lens Driver 4 at `path` (a symlink to the current /dev/pts/N).
 
     Fault switches (set any time from any thread): `silent` swallows every command without a
-    reply; `corrupt_crc` flips the CRC of every reply. `unplug()` / `replug()` wait until done.
+    reply; `corrupt_crc` flips the CRC of every reply; `reject` answers every command that has a
+    reply with an error frame. `unplug()` / `replug()` wait until done.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, time_constant_s: float = 0.003,
@@ -65,6 +67,7 @@ class LensDriverEmulator:
         self.noise_dpt = float(noise_mdpt) * 1e-3
         self.silent = False
         self.corrupt_crc = False
+        self.reject = False
         self.counters = {"commands": 0, "bad_crc": 0, "unknown": 0, "handshakes": 0, "replugs": 0}
         self.last_raw_set: int | None = None
         self.mode = MODE_CURRENT
@@ -265,6 +268,9 @@ class LensDriverEmulator:
             if crc != crc16_arc(body):
                 self.counters["bad_crc"] += 1
                 replies.append(self._frame(bytes([ord("E"), ERR_BAD_CRC])))
+                continue
+            if self.reject and COMMANDS[command][1] is not None:
+                replies.append(self._frame(bytes([ord("E"), ERR_REJECTED])))
                 continue
             reply = self._execute(command, body[len(command):])
             if reply is not None:

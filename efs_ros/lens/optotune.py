@@ -10,6 +10,7 @@ may contain `\\r\\n`, replies are framed by their known length, never by line.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import termios
 import threading
@@ -139,7 +140,8 @@ class OptotuneLens(LensDriver):
                                              timeout=self.timeout, write_timeout=self.timeout)
             except (serial.SerialException, OSError, ValueError) as exc:
                 self._serial = None
-                raise LensError(f"cannot open lens port {self.port}: {_one_line(exc)}") from exc
+                reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else _one_line(exc)
+                raise LensError(f"cannot open lens port {self.port}: {reason}") from exc
             try:
                 self._handshake()
                 data = self._transact(b"MwCA")
