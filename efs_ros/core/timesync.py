@@ -109,12 +109,17 @@ class _Series:
 
 
 def lower_envelope_line(x_us: np.ndarray, y_ns: np.ndarray, max_drift_ppm: float,
-                        fixed_slope: float | None = None) -> tuple[int, float, float]:
-    """The line below all (x, y) points that is highest at their mean x.
+                        fixed_slope: float | None = None, segments: int = 16
+                        ) -> tuple[int, float, float]:
+    """A line through the least-delayed points: y = ref_y + slope * (x - ref_x).
 
-    Returns (ref_x_us, ref_y_ns, slope_ns_per_us) with the line through (ref_x, ref_y).
-    The slope is bounded to 1000 ns/us +- max_drift_ppm; `fixed_slope` skips the search
-    (too short a window to see drift).
+    First the line below all points that is highest at their mean x (a linear programme; its
+    slope comes from the two hull points around the mean, which can be close together, so it
+    only fixes the envelope). Then the least-delayed point of each of up to `segments` equal
+    stretches of x, and a least-squares line through those: the slope now rests on the whole
+    window. The slope is bounded to 1000 ns/us +- max_drift_ppm; `fixed_slope` skips the drift
+    estimate (a window too short to see drift).
+    Returns (ref_x_us, ref_y_ns, slope_ns_per_us).
     """
     ref_x = int(x_us[0])
     ref_y = int(y_ns[0])
@@ -137,14 +142,25 @@ def lower_envelope_line(x_us: np.ndarray, y_ns: np.ndarray, max_drift_ppm: float
     elif x_mean - support_x(hi) >= 0.0:
         e = hi
     else:
-        for _ in range(60):
+        for _ in range(50):
             mid = 0.5 * (lo + hi)
             if x_mean - support_x(mid) > 0.0:
                 lo = mid
             else:
                 hi = mid
         e = 0.5 * (lo + hi)
-    offset = float(np.min(rs - e * xs))
+    # least-delayed point per segment (residuals about the envelope, so drift cannot bias it)
+    k = int(np.clip(xs.size // 16, 2, segments))
+    above = rs - e * xs
+    edges = np.linspace(xs[0], xs[-1], k + 1)
+    seg = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, k - 1)
+    order = np.lexsort((above, seg))
+    first = np.flatnonzero(np.r_[True, seg[order][1:] != seg[order][:-1]])
+    pick = order[first]
+    if pick.size >= 2 and np.ptp(xs[pick]) > 0:
+        e_fit, _ = np.polyfit(xs[pick], rs[pick], 1)
+        e = float(np.clip(e_fit, -e_max, e_max))
+    offset = float(np.min(rs - e * xs))  # back under every point: delays are never negative
     return ref_x, ref_y + offset, NS_PER_US + e
 
 
@@ -283,7 +299,7 @@ class TriggerClock:
         cfg = self.config
         sel = triggers[triggers["channel"] == cfg.trigger_channel]
         self.stats.trigger_edges += int(sel.size)
-        for t, value in zip(sel["t"].tolist(), sel["value"].tolist()):  # edges: a few per frame
+        for t, value in zip(sel["t"].tolist(), sel["value"].tolist(), strict=True):  # few per frame
             if value:
                 if self._rise_us is not None:
                     self.stats.orphan_edges += 1
