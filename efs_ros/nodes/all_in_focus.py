@@ -1,0 +1,570 @@
+"""ROS 2 node `all_in_focus`: events + frames + lens state in, one all-in-focus image per job out.
+
+Queue-plus-worker (image_pipeline's pattern): subscription callbacks only convert a message
+and hand it to the JobAssembler under a lock (the same assembler `make eval` uses, so a bag
+replayed through this node gives the jobs eval gives); jobs it completes go to a bounded
+queue (oldest dropped and counted) that one worker thread drains through `run_pipeline`,
+so a slow job never blocks the executor or the event stream.
+
+Publishes /efs/all_in_focus (encoding, size and header of the input frame), /efs/refocus_map
+and /efs/depth (32FC1) per job, and /diagnostics at 1 Hz on a steady clock (it keeps
+reporting when a replayed bag's /clock stops).
+
+    python -m efs_ros.nodes.all_in_focus --ros-args -p backend:=classical -p method:=dense
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, fields
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from event_camera_msgs.msg import EventPacket
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+
+from efs_ros.core.assembler import AssemblerConfig, JobAssembler
+from efs_ros.core.images import encode_float, encode_frame
+from efs_ros.core.pipeline import MERGES, METHODS, PipelineConfig, run_pipeline
+from efs_ros.nodes.common import (
+    DIAG_ERROR,
+    DIAG_OK,
+    DIAG_WARN,
+    diagnostic_array,
+    diagnostic_status,
+    float_param,
+    int_param,
+    qos,
+    text_param,
+)
+from efs_ros.nodes.convert import as_uint8, joint_state_focus, stamp_to_ns, uint8_array
+
+EVENTS_TOPIC = "/event_camera/events"
+FRAMES_TOPIC = "/camera/image_raw"
+FOCUS_TOPIC = "/lens/focus_state"
+AIF_TOPIC = "/efs/all_in_focus"
+REFOCUS_TOPIC = "/efs/refocus_map"
+DEPTH_TOPIC = "/efs/depth"
+DIAGNOSTICS_TOPIC = "/diagnostics"
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "classical")
+INPUTS = ("events", "frames", "focus")
+MAX_HEADERS_KEPT = 512
+"""Frame headers remembered for the outputs (frame_id); far more than frames in flight."""
+FAILED_JOBS_ERROR = 3
+"""Consecutive pipeline failures that turn the diagnostics to ERROR."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Every parameter of the node (besides use_sim_time); one snapshot per accepted change."""
+    method: str = "dense"
+    merge: str = "focus"
+    n_bins: int = 128
+    patch_grid: int = 8
+    threshold: float = 0.0
+    backend: str = "auto"
+    models_dir: str = ""
+    max_buffered_events: int = 16_000_000
+    max_pending_frames: int = 64
+    max_pending_jobs: int = 4
+    events_queue_depth: int = 1000
+    reliable_inputs: bool = False
+    input_timeout_s: float = 2.0
+    idle_flush_s: float = 1.0
+    fault_warn_fraction: float = 0.01
+    fault_error_fraction: float = 0.5
+
+    def pipeline_config(self, refocus_net=None, merge_net=None) -> PipelineConfig:
+        return PipelineConfig(method=self.method, merge=self.merge, n_bins=self.n_bins,
+                              patch_grid=self.patch_grid,
+                              threshold=self.threshold if self.threshold > 0 else None,
+                              refocus_net=refocus_net, merge_net=merge_net)
+
+
+_DESCRIPTORS = {
+    "method": text_param("refocus-time selection", METHODS),
+    "merge": text_param("how the refocused images are merged (classical path)", MERGES),
+    "n_bins": int_param("time bins of the event stack over one sweep", 2, 4096),
+    "patch_grid": int_param("patches per side for the golden / event_rate methods", 1, 64),
+    "threshold": float_param("event contrast threshold; 0 = estimate it from each job", 0.0, 5.0),
+    "backend": text_param("inference backend; auto = the fastest available learned backend, "
+                          "classical if there are no models", BACKENDS),
+    "models_dir": text_param("folder with the exported nets ('' = the package's models)"),
+    "max_buffered_events": int_param("events held at most; beyond, the oldest are dropped "
+                                     "(13 bytes each)", 10_000, 1_000_000_000),
+    "max_pending_frames": int_param("frames waiting for their sweep to end", 1, 10_000),
+    "max_pending_jobs": int_param("jobs waiting for the worker; beyond, the oldest is dropped",
+                                  1, 1000),
+    "events_queue_depth": int_param("subscription queue of the event topic", 1, 100_000,
+                                    read_only=True),
+    "reliable_inputs": text_param("subscribe with reliable QoS (replays that must not drop a "
+                                  "message); default best effort matches every publisher",
+                                  read_only=True),
+    "input_timeout_s": float_param("an input silent this long is reported (WARN)", 0.1, 3600.0),
+    "idle_flush_s": float_param("all inputs silent this long: finish the jobs that are complete "
+                                "(end of a replay); 0 = never", 0.0, 3600.0),
+    "fault_warn_fraction": float_param("share of bad messages in a period that warns", 0.0, 1.0),
+    "fault_error_fraction": float_param("share of bad messages in a period that is an error",
+                                        0.0, 1.0),
+}
+
+
+def validate_settings(s: NodeSettings) -> str | None:
+    """Why these settings cannot run, or None (ranges are enforced by the descriptors)."""
+    if s.method not in METHODS:
+        return f"method must be one of {METHODS}, got {s.method!r}"
+    if s.merge not in MERGES:
+        return f"merge must be one of {MERGES}, got {s.merge!r}"
+    if s.backend not in BACKENDS:
+        return f"backend must be one of {BACKENDS}, got {s.backend!r}"
+    if s.fault_warn_fraction > s.fault_error_fraction:
+        return "fault_warn_fraction must not exceed fault_error_fraction"
+    try:
+        s.pipeline_config()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class _Counters:
+    """What the callbacks and the worker count; read under the node's lock."""
+    received: dict = field(default_factory=lambda: dict.fromkeys(INPUTS, 0))
+    last_arrival: dict = field(default_factory=lambda: dict.fromkeys(INPUTS))
+    bad_messages: int = 0
+    callback_errors: int = 0
+    jobs_queued: int = 0
+    jobs_dropped: int = 0
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    failed_in_a_row: int = 0
+    publish_errors: int = 0
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=64))
+    age_ms: deque = field(default_factory=lambda: deque(maxlen=64))
+    last_fault: str = ""
+
+
+class AllInFocusNode(Node):
+    """The live all-in-focus node; constructible in any executor/context (`main()` is thin)."""
+
+    def __init__(self, node_name: str = "all_in_focus", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._coerce_numeric_overrides()
+        defaults = NodeSettings()
+        for f in fields(NodeSettings):
+            try:
+                self.declare_parameter(f.name, getattr(defaults, f.name), _DESCRIPTORS[f.name])
+            except Exception as exc:  # noqa: BLE001 - rclpy raises several types; one line
+                detail = " ".join(str(exc).split())
+                raise ValueError(f"parameter {f.name}: {type(exc).__name__}: {detail}") from exc
+        settings = self._read_settings()
+        reason = validate_settings(settings)
+        if reason is not None:
+            raise ValueError(f"invalid parameters: {reason}")
+        self._settings = settings
+
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._assembler = JobAssembler(AssemblerConfig(
+            max_events=settings.max_buffered_events,
+            max_pending_frames=settings.max_pending_frames))
+        self._jobs: deque = deque()
+        self._headers: OrderedDict[int, str] = OrderedDict()
+        self._counts = _Counters()
+        self._flushed = True
+        self._backend = None
+        self._backend_key = None
+        self._backend_name = "classical"
+        self._backend_note = ""
+        self._backend_error = False
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._started = time.monotonic()
+        self._rate_mark = (time.monotonic(), dict(self._counts.received), 0, 0, 0)
+        self._rates: dict = {}
+
+        reliability = ReliabilityPolicy.RELIABLE if settings.reliable_inputs \
+            else ReliabilityPolicy.BEST_EFFORT
+
+        def input_qos(depth: int) -> QoSProfile:
+            return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
+
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(EventPacket, EVENTS_TOPIC, self._on_events,
+                                 input_qos(settings.events_queue_depth), callback_group=inputs)
+        self.create_subscription(Image, FRAMES_TOPIC, self._on_frame, input_qos(30),
+                                 callback_group=inputs)
+        self.create_subscription(JointState, FOCUS_TOPIC, self._on_focus, input_qos(500),
+                                 callback_group=inputs)
+        self._aif_pub = self.create_publisher(Image, AIF_TOPIC, qos(depth=10))
+        self._refocus_pub = self.create_publisher(Image, REFOCUS_TOPIC, qos(depth=10))
+        self._depth_pub = self.create_publisher(Image, DEPTH_TOPIC, qos(depth=10))
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, qos(depth=10))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        housekeeping = MutuallyExclusiveCallbackGroup()
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=housekeeping,
+                          clock=self._steady)
+        self.create_timer(0.25, self._idle_check, callback_group=housekeeping, clock=self._steady)
+
+        self._stop = False
+        self._worker = threading.Thread(target=self._work_loop, name="all_in_focus_worker",
+                                        daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"method {settings.method}, backend {settings.backend}, buffer "
+            f"{settings.max_buffered_events} events, {settings.max_pending_jobs} pending jobs; "
+            f"{EVENTS_TOPIC} + {FRAMES_TOPIC} + {FOCUS_TOPIC} -> {AIF_TOPIC}")
+
+    # --- parameters ----------------------------------------------------------------------------
+    def _coerce_numeric_overrides(self) -> None:
+        """Accept `-p threshold:=1` or YAML `1` for a double parameter (ROS rejects the int)."""
+        overrides = getattr(self, "_parameter_overrides", None)
+        if not isinstance(overrides, dict):
+            return
+        for f in fields(NodeSettings):
+            p = overrides.get(f.name)
+            if f.type == "float" and p is not None and p.type_ == Parameter.Type.INTEGER:
+                overrides[f.name] = Parameter(f.name, Parameter.Type.DOUBLE, float(p.value))
+
+    def _read_settings(self, changes=()) -> NodeSettings:
+        values = {f.name: self.get_parameter(f.name).value for f in fields(NodeSettings)}
+        values.update({p.name: p.value for p in changes if p.name in values})
+        return NodeSettings(**values)
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        try:
+            candidate = self._read_settings(params)
+        except TypeError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        reason = validate_settings(candidate)
+        return SetParametersResult(successful=reason is None, reason=reason or "")
+
+    def _after_set_parameters(self, params: list[Parameter]) -> None:
+        new = self._read_settings()
+        with self._lock:
+            self._settings = new
+            config = self._assembler.config
+            config.max_events = new.max_buffered_events
+            config.max_pending_frames = new.max_pending_frames
+            self._trim_jobs()
+        self.get_logger().info(f"parameters updated: method {new.method}, backend {new.backend}, "
+                               f"n_bins {new.n_bins}, patch_grid {new.patch_grid}")
+
+    @property
+    def settings(self) -> NodeSettings:
+        return self._settings
+
+    # --- input callbacks: convert, hand to the assembler, queue finished jobs ------------------
+    def _arrived(self, topic: str) -> None:
+        self._counts.received[topic] += 1
+        self._counts.last_arrival[topic] = time.monotonic()
+        self._flushed = False
+
+    def _on_events(self, msg: EventPacket) -> None:
+        try:
+            stamp = stamp_to_ns(msg.header.stamp)
+            with self._lock:
+                self._arrived("events")
+                self._assembler.add_event_packet(stamp, msg.width, msg.height, msg.encoding,
+                                                 as_uint8(msg.events), seq=msg.seq,
+                                                 is_bigendian=msg.is_bigendian)
+                self._queue_jobs(self._assembler.pop_jobs())
+        except Exception as exc:  # noqa: BLE001 - a bad message must never stop the node
+            self._callback_failed("event packet", exc)
+
+    def _on_frame(self, msg: Image) -> None:
+        try:
+            stamp = stamp_to_ns(msg.header.stamp)
+            with self._lock:
+                self._arrived("frames")
+                accepted = self._assembler.add_frame_message(
+                    stamp, msg.width, msg.height, msg.encoding, msg.step, as_uint8(msg.data),
+                    bool(msg.is_bigendian))
+                if accepted:
+                    self._headers[stamp] = msg.header.frame_id
+                    while len(self._headers) > MAX_HEADERS_KEPT:
+                        self._headers.popitem(last=False)
+                self._queue_jobs(self._assembler.pop_jobs())
+        except Exception as exc:  # noqa: BLE001
+            self._callback_failed("frame", exc)
+
+    def _on_focus(self, msg: JointState) -> None:
+        try:
+            reading = joint_state_focus(msg)
+            with self._lock:
+                self._arrived("focus")
+                if reading is None:
+                    self._counts.bad_messages += 1
+                    self._counts.last_fault = (f"focus state without a 'focus' joint position "
+                                               f"(names {list(msg.name)}): ignored")
+                    return
+                stamp, position, velocity = reading
+                self._assembler.add_focus(stamp, position, velocity)
+                self._queue_jobs(self._assembler.pop_jobs())
+        except Exception as exc:  # noqa: BLE001
+            self._callback_failed("focus state", exc)
+
+    def _callback_failed(self, what: str, exc: Exception) -> None:
+        with self._lock:
+            self._counts.callback_errors += 1
+            self._counts.last_fault = f"{what}: {type(exc).__name__}: {exc}"
+        self.get_logger().error(f"{what} dropped: {type(exc).__name__}: {exc}",
+                                throttle_duration_sec=5.0)
+
+    def _queue_jobs(self, jobs) -> None:
+        """Caller holds the lock."""
+        if not jobs:
+            return
+        self._jobs.extend(jobs)
+        self._counts.jobs_queued += len(jobs)
+        self._trim_jobs()
+        self._work.notify()
+
+    def _trim_jobs(self) -> None:
+        while len(self._jobs) > self._settings.max_pending_jobs:
+            dropped = self._jobs.popleft()
+            self._counts.jobs_dropped += 1
+            self._counts.last_fault = (f"job {dropped.stamp_ns} dropped: the worker is behind "
+                                       f"(max_pending_jobs {self._settings.max_pending_jobs})")
+
+    def _idle_check(self) -> None:
+        """End of a replay (every input silent): finish what is complete instead of waiting."""
+        wait = self._settings.idle_flush_s
+        if wait <= 0:
+            return
+        with self._lock:
+            if self._flushed:
+                return
+            seen = [t for t in self._counts.last_arrival.values() if t is not None]
+            if seen and time.monotonic() - max(seen) >= wait:
+                self._flushed = True
+                try:
+                    self._queue_jobs(self._assembler.flush())
+                except Exception as exc:  # noqa: BLE001
+                    self._counts.callback_errors += 1
+                    self._counts.last_fault = f"flush: {type(exc).__name__}: {exc}"
+
+    # --- worker --------------------------------------------------------------------------------
+    def _work_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs and not self._stop:
+                    self._work.wait(0.5)
+                if self._stop:
+                    return
+                job = self._jobs.popleft()
+                settings = self._settings
+            try:
+                config = self._pipeline_config(settings)
+                t0 = time.perf_counter()
+                result = run_pipeline(job, config)
+                latency_ms = 1e3 * (time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001 - one bad job must not stop the worker
+                with self._lock:
+                    self._counts.jobs_failed += 1
+                    self._counts.failed_in_a_row += 1
+                    self._counts.last_fault = f"job {job.stamp_ns}: {type(exc).__name__}: {exc}"
+                self.get_logger().error(f"job {job.stamp_ns} failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=5.0)
+                continue
+            try:
+                self._publish_result(job, result)
+            except Exception as exc:  # noqa: BLE001
+                with self._lock:
+                    self._counts.publish_errors += 1
+                    self._counts.last_fault = f"publishing job {job.stamp_ns}: {exc}"
+                continue
+            age_ms = (self.get_clock().now().nanoseconds - job.stamp_ns) * 1e-6
+            with self._lock:
+                self._counts.jobs_done += 1
+                self._counts.failed_in_a_row = 0
+                self._counts.latency_ms.append(latency_ms)
+                self._counts.age_ms.append(age_ms)
+
+    def _pipeline_config(self, settings: NodeSettings) -> PipelineConfig:
+        """The pipeline for these settings, loading a learned backend when it changed."""
+        key = (settings.backend, settings.models_dir)
+        if key != self._backend_key:
+            self._open_backend(*key)
+        if self._backend is None:
+            return settings.pipeline_config()
+        return settings.pipeline_config(self._backend.refocus, self._backend.merge_weights)
+
+    def _open_backend(self, name: str, models_dir: str) -> None:
+        if self._backend is not None:
+            try:
+                self._backend.close()
+            except Exception:  # noqa: BLE001 - closing a backend that failed is not news
+                pass
+        self._backend, self._backend_key = None, (name, models_dir)
+        self._backend_name, self._backend_note, self._backend_error = "classical", "", False
+        if name == "classical":
+            return
+        try:
+            from efs_ros.infer import load_backend
+
+            backend = load_backend(name, models_dir or None)
+        except Exception as exc:  # noqa: BLE001 - any failure falls back to the classical path
+            detail = " ".join(str(exc).split())
+            self._backend_note = f"{name} unavailable ({type(exc).__name__}: {detail}); classical"
+            # auto without models is the documented fallback; an explicit request is an error
+            self._backend_error = name != "auto" or "ModelLoad" in type(exc).__name__
+            self.get_logger().warning(f"backend {self._backend_note}")
+            return
+        self._backend = backend
+        self._backend_name = getattr(backend, "name", name)
+        self.get_logger().info(f"inference backend: {self._backend_name}")
+
+    def _publish_result(self, job, result) -> None:
+        frame_id = self._headers.get(job.stamp_ns, "")
+        outputs = (
+            (self._aif_pub, encode_frame(result.all_in_focus, job.encoding)),
+            (self._refocus_pub, encode_float(result.refocus_map)),
+            (self._depth_pub, encode_float(result.depth)),
+        )
+        for publisher, fields_ in outputs:
+            msg = Image()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(job.stamp_ns, 1_000_000_000)
+            msg.header.frame_id = frame_id
+            msg.height, msg.width = fields_.height, fields_.width
+            msg.encoding, msg.is_bigendian, msg.step = fields_.encoding, 0, fields_.step
+            msg.data = uint8_array(fields_.data)
+            publisher.publish(msg)
+
+    # --- diagnostics ---------------------------------------------------------------------------
+    def status(self) -> tuple[int, str, dict]:
+        """(level, message, values): the node's health, as /diagnostics carries it."""
+        now = time.monotonic()
+        with self._lock:
+            s = self._settings
+            c = self._counts
+            st = self._assembler.stats()
+            bad_now = (st["packets_rejected"] + st["decode_faults"] + st["frames_rejected"]
+                       + st["focus_rejected"] + c.bad_messages + c.callback_errors)
+            mark_t, mark_received, mark_jobs, mark_bad, mark_events = self._rate_mark
+            dt = now - mark_t
+            if dt >= 0.5:
+                self._rates = {f"{k}_hz": (c.received[k] - mark_received[k]) / dt for k in INPUTS}
+                self._rates["events_per_s"] = (st["events"] - mark_events) / dt
+                self._rates["jobs_hz"] = (c.jobs_done - mark_jobs) / dt
+                total = sum(c.received[k] - mark_received[k] for k in INPUTS)
+                self._rates["bad_fraction"] = (bad_now - mark_bad) / max(total, 1)
+                self._rates["new_bad"] = bad_now - mark_bad
+                self._rate_mark = (now, dict(c.received), c.jobs_done, bad_now, st["events"])
+            rates = dict(self._rates)
+            silent = {k: (now - t if t is not None else now - self._started)
+                      for k, t in c.last_arrival.items()}
+            latency = sorted(c.latency_ms)
+            values = {
+                **{k: round(v, 2) for k, v in rates.items() if k != "new_bad"},
+                "job_latency_ms": latency[-1] if latency else 0.0,
+                "job_latency_median_ms": latency[len(latency) // 2] if latency else 0.0,
+                "job_age_ms": c.age_ms[-1] if c.age_ms else 0.0,
+                "jobs_done": c.jobs_done, "jobs_failed": c.jobs_failed,
+                "jobs_pending": len(self._jobs), "max_pending_jobs": s.max_pending_jobs,
+                "jobs_dropped": c.jobs_dropped,
+                "buffer_events": st["events_buffered"], "max_buffered_events": s.max_buffered_events,
+                "buffer_fill": st["buffer_fill"],
+                "events_dropped": st["events_dropped_overflow"],
+                "decode_faults": st["decode_faults"], "packets_rejected": st["packets_rejected"],
+                "packets_lost": st["packets_lost"],
+                "frames_rejected": st["frames_rejected"], "frames_dropped": st["frames_dropped"],
+                "frames_without_sweep": st["frames_without_sweep"],
+                "focus_rejected": st["focus_rejected"] + c.bad_messages,
+                "jobs_skipped": st["jobs_skipped"], "clock_resets": st["clock_resets"],
+                "callback_errors": c.callback_errors, "publish_errors": c.publish_errors,
+                "sweeps": st["sweeps"], "sensor_size": st["sensor_size"],
+                "sync_source": st["sync_source"], "sync_drift_ppm": st["sync_drift_ppm"],
+                "backend": self._backend_name, "backend_requested": s.backend,
+                "backend_note": self._backend_note,
+                "method": s.method,
+                **{f"{k}_silent_s": round(v, 2) for k, v in silent.items()},
+                "last_fault": st["last_fault"] or c.last_fault,
+                "last_node_fault": c.last_fault,
+            }
+            failed_in_a_row = c.failed_in_a_row
+            new_bad = rates.get("new_bad", 0)
+            bad_fraction = rates.get("bad_fraction", 0.0)
+        level, message = DIAG_OK, "running"
+        problems = []
+        quiet = [k for k, v in silent.items() if v > s.input_timeout_s]
+        if quiet:
+            problems.append((DIAG_WARN, f"{', '.join(quiet)} silent > {s.input_timeout_s:g} s"))
+        if new_bad and bad_fraction >= s.fault_error_fraction:
+            problems.append((DIAG_ERROR, f"{bad_fraction:.0%} of recent input rejected "
+                                         f"({values['last_fault']})"))
+        elif new_bad and bad_fraction >= s.fault_warn_fraction:
+            problems.append((DIAG_WARN, f"{new_bad} bad input messages ({values['last_fault']})"))
+        if failed_in_a_row >= FAILED_JOBS_ERROR:
+            problems.append((DIAG_ERROR, f"{failed_in_a_row} jobs failed in a row "
+                                         f"({values['last_node_fault']})"))
+        if self._backend_error:
+            problems.append((DIAG_ERROR if self._backend_error else DIAG_WARN,
+                             f"backend {self._backend_note}"))
+        if values["jobs_dropped"] and values["jobs_pending"] >= s.max_pending_jobs:
+            problems.append((DIAG_WARN, "worker behind: jobs dropped"))
+        if values["buffer_fill"] > 0.9:
+            problems.append((DIAG_WARN, f"event buffer {values['buffer_fill']:.0%} full"))
+        if problems:
+            level = max(p[0] for p in problems)
+            message = "; ".join(p[1] for p in problems)
+        return level, message, values
+
+    def _publish_diagnostics(self) -> None:
+        try:
+            level, message, values = self.status()
+            status = diagnostic_status(f"{self.get_name()}: pipeline", level, message, "", values)
+            self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
+        except Exception as exc:  # noqa: BLE001 - diagnostics must never take the node down
+            self.get_logger().error(f"diagnostics failed: {exc}", throttle_duration_sec=10.0)
+
+    def destroy_node(self):
+        with self._lock:
+            self._stop = True
+            self._work.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        if self._backend is not None:
+            try:
+                self._backend.close()
+            except Exception:  # noqa: BLE001
+                pass
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    from efs_ros.rosenv import ensure_ros_environment
+
+    ensure_ros_environment()
+    rclpy.init(args=args)
+    try:
+        node = AllInFocusNode()
+    except ValueError as exc:
+        print(f"all_in_focus: error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
