@@ -1,0 +1,709 @@
+"""EVT 3.0 codec (Prophesee): vectorised stream decoder, encoder and `.raw` file IO.
+
+EVT 3.0 is a stream of 16-bit little-endian words whose meaning depends on state set by earlier
+words (current y, time, vector base x), so a naive decoder loops per word. Here every per-word
+step is a numpy pass: "last value seen" is a cumulative count of the state words indexing their
+values (with the state carried from the previous call as element 0), and vector words are
+expanded by unpacking their bit masks. A packet may end anywhere, even mid-word.
+
+Time is 24 bits of microseconds and wraps every 2^24 us. A TIME_HIGH that drops by more than half
+its range is a wrap and advances a running epoch, so decoded times are unwrapped microseconds
+since the stream's clock origin. As in Prophesee's own decoder, TIME_HIGH sets the low 12 bits to
+zero until the next TIME_LOW.
+
+Faults never lose valid data: in non-strict mode each fault is a one-line message in
+`DecodedChunk.faults` and the events around it are kept; in strict mode the first fault raises
+`Evt3Error` whose `.partial` holds everything decoded before the faulty word.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from efs_ros.core.events import EVENT_DTYPE, TRIGGER_DTYPE
+
+# Word types (bits 15..12).
+ADDR_Y, ADDR_X, VECT_BASE_X, VECT_12, VECT_8 = 0x0, 0x2, 0x3, 0x4, 0x5
+TIME_LOW, CONTINUED_4, TIME_HIGH, EXT_TRIGGER, OTHERS, CONTINUED_12 = 0x6, 0x7, 0x8, 0xA, 0xE, 0xF
+RESERVED_9 = 0x9
+"""Reserved, but emitted by some cameras (reported for Lucid): skipped silently, only counted."""
+_UNKNOWN_TYPES_MASK = np.uint16((1 << 0x1) | (1 << 0xB) | (1 << 0xC) | (1 << 0xD))
+"""Types no EVT 3.0 producer should emit: skipped and reported as faults."""
+
+TIME_WRAP_US = 1 << 24
+_HIGH_RANGE = 1 << 12
+_WRAP_DROP = _HIGH_RANGE // 2
+"""A TIME_HIGH drop larger than this (half the range, 8.4 s) is a wrap; a smaller drop is time going
+backwards."""
+DEFAULT_MAX_JITTER_US = 64
+"""Backward steps of event time up to this are sensor jitter (counted in stats, events kept, no
+fault); larger backward steps are faults (events still kept, with the time the stream says)."""
+_KEEPALIVE_US = 1 << 22
+"""The encoder writes a TIME_HIGH at least this often (like a real sensor does every 4 ms), so that
+gaps longer than half the wrap period still unwrap correctly."""
+_NO_BASE = -(1 << 30)
+"""Vector base x before any VECT_BASE_X: stays negative after any number of increments."""
+
+
+class Evt3Error(ValueError):
+    """Bad EVT 3.0 data in strict mode; `.partial` is what was decoded before the fault."""
+
+    def __init__(self, message: str, partial: DecodedChunk):
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass
+class DecodedChunk:
+    events: np.ndarray
+    """EVENT_DTYPE in stream order; t = unwrapped sensor microseconds."""
+    triggers: np.ndarray
+    """TRIGGER_DTYPE in stream order."""
+    faults: list[str] = field(default_factory=list)
+    n_words: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    """Counters that are not faults: reserved_0x9 words, time_jitter steps, dropped_events."""
+
+
+@dataclass(frozen=True)
+class Evt3State:
+    """What a packet boundary must carry: the decoder's registers and the clock epoch."""
+
+    y: int = -1
+    """Current ADDR_Y (-1: none seen yet)."""
+    base_x: int = _NO_BASE
+    """Current vector base x (negative: no VECT_BASE_X seen yet)."""
+    vec_p: int = 0
+    """Polarity bit of the last VECT_BASE_X."""
+    high: int = -1
+    """Last TIME_HIGH payload (12 bits, -1: none seen yet)."""
+    epoch: int = 0
+    """Number of 2^24 us wraps seen."""
+    time: int = -1
+    """Unwrapped time set by the last time word (-1: unknown)."""
+    last_t: int = -1
+    """Time of the last CD event emitted (for the backward-time check)."""
+    words: int = 0
+    """Words consumed since reset (fault messages give stream word indices)."""
+    pending: bytes = b""
+    """A trailing odd byte waiting for its partner in the next call."""
+
+
+def _empty_chunk(n_words: int = 0) -> DecodedChunk:
+    return DecodedChunk(np.zeros(0, EVENT_DTYPE), np.zeros(0, TRIGGER_DTYPE), [], n_words, {})
+
+
+def _prepend(first, values: np.ndarray, dtype) -> np.ndarray:
+    """[first, *values]: the carried state becomes index 0 of a "last value seen" lookup."""
+    out = np.empty(values.size + 1, dtype)
+    out[0] = first
+    out[1:] = values
+    return out
+
+
+def _ramp(counts: np.ndarray) -> np.ndarray:
+    """0..c-1 for each count c, concatenated (vectorised)."""
+    total = int(counts.sum())
+    starts = np.cumsum(counts) - counts
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+
+
+_P_FROM_WORD_TOP = np.where(np.arange(32) & 1, 1, -1).astype(np.int8)
+"""Polarity (+1/-1) indexed by word >> 11 (type and bit 11) for ADDR_X and VECT_BASE_X."""
+BLOCK_WORDS = 1 << 18
+"""Large inputs are decoded in blocks of this many words (state carried exactly between them) so
+the working arrays stay in cache."""
+
+
+class Evt3Decoder:
+    """Stateful EVT 3.0 decoder: feed packets in order, get events with unwrapped time.
+
+    width/height, when given, turn events outside the sensor into faults. `max_jitter_us` is the
+    largest backward step of event time accepted silently (see DEFAULT_MAX_JITTER_US).
+    """
+
+    def __init__(self, width: int | None = None, height: int | None = None, *,
+                 max_jitter_us: int = DEFAULT_MAX_JITTER_US):
+        self.width = width
+        self.height = height
+        self.max_jitter_us = int(max_jitter_us)
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = Evt3State()
+        self.stats: dict[str, int] = {}
+
+    @property
+    def state(self) -> Evt3State:
+        return self._state
+
+    def decode(self, data, strict: bool = False) -> DecodedChunk:
+        """Decode one packet (bytes, bytearray, memoryview or uint8 ndarray) of the stream.
+
+        In strict mode a fault raises Evt3Error and leaves the decoder as it was before the call.
+        """
+        buf = _as_buffer(data)
+        st = self._state
+        if st.pending:
+            buf = st.pending + bytes(buf)
+        n_bytes = len(buf)
+        n_words = n_bytes // 2
+        pending = bytes(buf[n_bytes - 1:]) if n_bytes % 2 else b""
+        words = np.frombuffer(buf, dtype="<u2", count=n_words)
+        if n_words <= BLOCK_WORDS + BLOCK_WORDS // 2:
+            chunk, new_state, first_fault = _decode_block(
+                words, st, self.width, self.height, self.max_jitter_us, strict)
+            if first_fault is not None and strict:
+                raise Evt3Error(first_fault, chunk)
+        else:
+            chunks = []
+            new_state = st
+            for start in range(0, n_words, BLOCK_WORDS):
+                chunk, new_state, first_fault = _decode_block(
+                    words[start:start + BLOCK_WORDS], new_state, self.width, self.height,
+                    self.max_jitter_us, strict)
+                chunks.append(chunk)
+                if first_fault is not None and strict:
+                    raise Evt3Error(first_fault, _join(chunks))
+            chunk = _join(chunks)
+        self._state = dataclasses.replace(new_state, pending=pending) if pending else new_state
+        for key, value in chunk.stats.items():
+            self.stats[key] = self.stats.get(key, 0) + value
+        return chunk
+
+    def finish(self, strict: bool = False) -> DecodedChunk:
+        """End of stream: a leftover odd byte is a truncated word (a fault)."""
+        st = self._state
+        chunk = _empty_chunk()
+        if st.pending:
+            message = (f"truncated data: {len(st.pending)} trailing byte (0x{st.pending[0]:02X}) "
+                       f"after word {st.words - 1} is not a whole 16-bit word")
+            if strict:
+                raise Evt3Error(message, chunk)
+            chunk.faults.append(message)
+            chunk.stats["faults"] = 1
+            self.stats["faults"] = self.stats.get("faults", 0) + 1
+            self._state = dataclasses.replace(st, pending=b"")
+        return chunk
+
+
+def _join(chunks: list[DecodedChunk]) -> DecodedChunk:
+    stats: dict[str, int] = {}
+    for c in chunks:
+        for key, value in c.stats.items():
+            stats[key] = stats.get(key, 0) + value
+    return DecodedChunk(_concat([c.events for c in chunks], EVENT_DTYPE),
+                        _concat([c.triggers for c in chunks], TRIGGER_DTYPE),
+                        [f for c in chunks for f in c.faults], sum(c.n_words for c in chunks), stats)
+
+
+def _concat(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    """Concatenate same-dtype structured arrays by slice copies (np.concatenate promotes field by
+    field, several times slower for these packed records)."""
+    out = np.empty(sum(a.size for a in arrays), dtype)
+    start = 0
+    for a in arrays:
+        out[start:start + a.size] = a
+        start += a.size
+    return out
+
+
+def _as_buffer(data):
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise TypeError(f"EVT3 data must be bytes or a uint8 array, got an array of {data.dtype}")
+        return memoryview(np.ascontiguousarray(data).reshape(-1))
+    if isinstance(data, bytes | bytearray | memoryview):
+        return data
+    raise TypeError(f"EVT3 data must be bytes, bytearray, memoryview or uint8 ndarray, not {type(data)}")
+
+
+def _state_words(st: Evt3State) -> list[int]:
+    """Synthetic ADDR_Y / TIME_HIGH / TIME_LOW words that re-create the carried y and time."""
+    words = []
+    if st.y >= 0:
+        words.append((ADDR_Y << 12) | st.y)
+    if st.time >= 0:
+        words.append((TIME_HIGH << 12) | st.high)
+        words.append((TIME_LOW << 12) | (st.time & 0xFFF))
+    return words
+
+
+def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: int, strict: bool):
+    """Decode whole words; returns (chunk, state after it, first fault message or None).
+
+    In strict mode with a fault, the chunk returned holds only what precedes the first faulty word.
+    """
+    n_words = words.size
+    if n_words == 0:
+        return _empty_chunk(), st, None
+    prefix = _state_words(st)
+    k = len(prefix)
+    w = np.concatenate((np.array(prefix, np.uint16), words)) if k else words
+    first_index = st.words - k
+    """Stream word index of w[0] (the k synthetic words come before this block)."""
+    ty = w >> 12
+    faults: list[tuple[int, str]] = []
+    stats: dict[str, int] = {}
+
+    # ---- unknown and reserved word types: skipped (they set no state) ----
+    if ((_UNKNOWN_TYPES_MASK >> ty) & 1).any():
+        where = np.flatnonzero((_UNKNOWN_TYPES_MASK >> ty) & 1)
+        i = int(where[0])
+        faults.append((i, f"unknown word type 0x{int(ty[i]):X} at word {first_index + i} "
+                          f"(value 0x{int(w[i]):04X}); {where.size} such word(s) skipped"))
+    n_reserved = int(np.count_nonzero(ty == RESERVED_9))
+    if n_reserved:
+        stats["reserved_0x9"] = n_reserved
+
+    # ---- y: the i-th ADDR_Y value is y_vals[i - 1]; count_y says how many came before a word ----
+    m_y = ty == ADDR_Y
+    y_vals = np.compress(m_y, w) & 0x7FF
+    count_y = np.add.accumulate(m_y.view(np.uint8), dtype=np.int32)
+
+    # ---- time at each time word, unwrapped; -1 while no TIME_HIGH has been seen ----
+    m_time = (ty == TIME_LOW) | (ty == TIME_HIGH)
+    tw = np.compress(m_time, w)
+    count_t = np.add.accumulate(m_time.view(np.uint8), dtype=np.int32)
+    is_th = tw >= (TIME_HIGH << 12)
+    th_vals = (np.compress(is_th, tw) & 0xFFF).astype(np.int64)
+    epoch, high, time_gaps = st.epoch, st.high, False
+    if th_vals.size:
+        wrap = (th_vals[:-1] - th_vals[1:]) > _WRAP_DROP
+        if wrap.any():
+            epochs = np.empty(th_vals.size, np.int64)
+            epochs[0] = 0
+            np.cumsum(wrap, out=epochs[1:])
+            epochs += epoch
+            high_full = th_vals + epochs * _HIGH_RANGE
+            epoch = int(epochs[-1])
+        else:
+            high_full = th_vals + epoch * _HIGH_RANGE if epoch else th_vals
+        high = int(th_vals[-1])
+        which_high = np.add.accumulate(is_th.view(np.uint8), dtype=np.int32) - 1
+        t_words = (high_full[which_high] << 12) | ((tw & 0xFFF) * (tw < (TIME_HIGH << 12)))
+        if not is_th[0]:  # TIME_LOW words before the first TIME_HIGH ever: time unknown
+            t_words[: int(np.argmax(is_th))] = -1
+            time_gaps = True
+        time = int(t_words[-1])
+    else:
+        t_words = np.full(tw.size, -1, np.int64)
+        time_gaps = tw.size > 0
+        time = st.time
+
+    # ---- CD events (ADDR_X, and vectors expanded bit by bit), in stream order ----
+    has_vec = bool(((ty[k:] - np.uint16(VECT_BASE_X)) <= 2).any())  # 3, 4, 5 (uint16 wraps below)
+    base_x, vec_p = st.base_x, st.vec_p
+    if not has_vec:
+        src = np.flatnonzero(ty == ADDR_X)
+        events = np.empty(src.size, EVENT_DTYPE)
+        wc = w[src]
+        np.bitwise_and(wc, 0x7FF, out=events["x"])
+        np.take(_P_FROM_WORD_TOP, wc >> 11, out=events["p"], mode="wrap")
+    else:
+        src, x, pol, base_x, vec_p = _expand_vectors(w, ty, st)
+        events = np.empty(src.size, EVENT_DTYPE)
+        events["x"] = x
+        events["p"] = pol
+    no_state = None
+    if src.size:
+        ky = count_y[src] - 1
+        kt = count_t[src] - 1
+        if y_vals.size:
+            np.take(y_vals, ky, out=events["y"], mode="wrap")
+        if t_words.size:
+            np.take(t_words, kt, out=events["t"], mode="wrap")
+        if ky[0] < 0 or kt[0] < 0 or time_gaps or has_vec:
+            no_state = (ky < 0) | (kt < 0) | (events["t"] < 0)
+            if has_vec:
+                no_state |= x < 0
+            if not no_state.any():
+                no_state = None
+    t_ev = events["t"]
+
+    keep = None
+    if no_state is not None:
+        bad = np.flatnonzero(no_state)
+        i = int(src[bad[0]])
+        faults.append((i, f"{bad.size} event(s) before the ADDR_Y/TIME_HIGH/VECT_BASE_X they need, "
+                          f"dropped (first at word {first_index + i}, type 0x{int(ty[i]):X}, "
+                          f"value 0x{int(w[i]):04X})"))
+        keep = ~no_state
+    x_limit = 2048 if width is None else width
+    y_limit = 2048 if height is None else height
+    if src.size and (int(events["x"].max()) >= x_limit or int(events["y"].max()) >= y_limit or has_vec):
+        out_of_range = (x >= x_limit) if has_vec else (events["x"] >= x_limit)
+        out_of_range |= events["y"] >= y_limit
+        if no_state is not None:
+            out_of_range &= keep
+        if out_of_range.any():
+            bad = np.flatnonzero(out_of_range)
+            j = int(bad[0])
+            i = int(src[j])
+            x_bad = int(x[j]) if has_vec else int(events["x"][j])
+            faults.append((i, f"{bad.size} event(s) outside the {width}x{height} sensor, dropped "
+                              f"(first at word {first_index + i}: x={x_bad}, y={int(events['y'][j])}, "
+                              f"type 0x{int(ty[i]):X}, value 0x{int(w[i]):04X})"))
+            keep = ~out_of_range if keep is None else keep & ~out_of_range
+    if keep is not None:
+        stats["dropped_events"] = int(keep.size - np.count_nonzero(keep))
+        events, src = events[keep], src[keep]
+        t_ev = events["t"]
+
+    # ---- time order: small backward steps are jitter, larger ones faults (events kept) ----
+    last_t = st.last_t
+    if t_ev.size:
+        if last_t > t_ev[0] or (t_ev[1:] < t_ev[:-1]).any():
+            prev_t = np.empty(t_ev.size, np.int64)
+            prev_t[0] = max(last_t, int(t_ev[0]))
+            prev_t[1:] = t_ev[:-1]
+            step = prev_t - t_ev
+            jitter = (step > 0) & (step <= max_jitter)
+            if jitter.any():
+                stats["time_jitter"] = int(np.count_nonzero(jitter))
+            big = np.flatnonzero(step > max_jitter)
+            if big.size:
+                j = int(big[0])
+                i = int(src[j])
+                faults.append((i, f"time went backwards by {int(step[j])} us at word {first_index + i} "
+                                  f"(type 0x{int(ty[i]):X}, value 0x{int(w[i]):04X}: "
+                                  f"{int(prev_t[j])} -> {int(t_ev[j])} us); {big.size} backward step(s) "
+                                  f"over the {max_jitter} us jitter tolerance"))
+        last_t = int(t_ev[-1])
+
+    # ---- external triggers ----
+    m_trig = ty == EXT_TRIGGER
+    trig_src = None
+    if m_trig.any():
+        trig_src = np.flatnonzero(m_trig)
+        trig_words = w[trig_src]
+        kt = count_t[trig_src] - 1
+        trig_t = t_words[kt] if t_words.size else np.full(kt.size, -1, np.int64)
+        no_time = (trig_t < 0) | (kt < 0)
+        if no_time.any():
+            i = int(trig_src[np.flatnonzero(no_time)[0]])
+            faults.append((i, f"{int(no_time.sum())} trigger(s) before the first TIME_HIGH, dropped "
+                              f"(first at word {first_index + i}, value 0x{int(w[i]):04X})"))
+            trig_src, trig_words, trig_t = trig_src[~no_time], trig_words[~no_time], trig_t[~no_time]
+        triggers = np.empty(trig_src.size, TRIGGER_DTYPE)
+        triggers["t"] = trig_t
+        triggers["channel"] = (trig_words >> 8) & 0xF
+        triggers["value"] = trig_words & 1
+    else:
+        triggers = np.zeros(0, TRIGGER_DTYPE)
+
+    first_fault = None
+    if faults:
+        faults.sort(key=lambda f: f[0])
+        stats["faults"] = len(faults)
+        if strict:
+            cut_at, first_fault = faults[0]
+            events = events[: int(np.searchsorted(src, cut_at))]
+            if trig_src is not None:
+                triggers = triggers[: int(np.searchsorted(trig_src, cut_at))]
+    chunk = DecodedChunk(events, triggers, [f[1] for f in faults], n_words, stats)
+    new_state = Evt3State(y=int(y_vals[-1]) if y_vals.size else -1, base_x=base_x, vec_p=vec_p,
+                          high=high, epoch=epoch, time=time, last_t=last_t, words=st.words + n_words)
+    return chunk, new_state, first_fault
+
+
+def _expand_vectors(w: np.ndarray, ty: np.ndarray, st: Evt3State):
+    """ADDR_X and VECT_12/VECT_8 words -> one entry per event: (source word, x, polarity, carried
+    base x, carried polarity bit). x < 0 marks vector events with no VECT_BASE_X before them."""
+    m_family = (ty - np.uint16(VECT_BASE_X)) <= 2
+    wq = np.compress(m_family, w)
+    tq = wq >> 12
+    is_base = tq == VECT_BASE_X
+    inc = (tq == VECT_12).astype(np.int32) * 12 + (tq == VECT_8).astype(np.int32) * 8
+    inc_incl = np.cumsum(inc, dtype=np.int32)
+    inc_excl = inc_incl - inc
+    base_words = wq[is_base]
+    # Base x of each VECT_BASE_X shifted back by the increments before it: a vector word's base
+    # is then origin[its VECT_BASE_X] + its own exclusive increment sum.
+    origin = _prepend(st.base_x, (base_words & 0x7FF).astype(np.int32) - inc_excl[is_base], np.int32)
+    polarity = _prepend(_P_FROM_WORD_TOP[st.vec_p], _P_FROM_WORD_TOP[base_words >> 11], np.int8)
+    which_base = np.cumsum(is_base, dtype=np.int32)
+    is_vec = ~is_base
+    vec_base = origin[which_base[is_vec]] + inc_excl[is_vec]
+    vec_pol = polarity[which_base[is_vec]]
+    vec_words = wq[is_vec]
+    vec_mask = vec_words & np.where((vec_words >> 12) == VECT_12, 0xFFF, 0xFF).astype(np.uint16)
+    base_x = int(origin[which_base[-1]] + inc_incl[-1])
+    base_x = base_x if base_x >= 0 else _NO_BASE
+    vec_p = int(polarity[which_base[-1]] > 0)
+
+    src = np.flatnonzero((ty == ADDR_X) | (ty == VECT_12) | (ty == VECT_8))
+    wc = w[src]
+    is_v = (wc >> 12) != ADDR_X
+    x_c = (wc & 0x7FF).astype(np.int32)
+    pol_c = _P_FROM_WORD_TOP[wc >> 11]
+    mask_c = np.ones(src.size, np.uint16)
+    x_c[is_v] = vec_base
+    pol_c[is_v] = vec_pol
+    mask_c[is_v] = vec_mask
+    bits = np.unpackbits(mask_c.astype("<u2").view(np.uint8), bitorder="little")
+    flat = np.flatnonzero(bits)
+    row = flat >> 4
+    return src[row], x_c[row] + (flat & 15), pol_c[row], base_x, vec_p
+
+
+def decode_evt3(data, width: int | None = None, height: int | None = None,
+                strict: bool = False) -> DecodedChunk:
+    """Decode a complete EVT 3.0 byte stream (a trailing odd byte is a truncation fault)."""
+    decoder = Evt3Decoder(width, height)
+    chunk = decoder.decode(data, strict=strict)
+    try:
+        tail = decoder.finish(strict=strict)
+    except Evt3Error as err:
+        raise Evt3Error(str(err), chunk) from None
+    if tail.faults:
+        chunk.faults.extend(tail.faults)
+        chunk.stats["faults"] = chunk.stats.get("faults", 0) + len(tail.faults)
+    return chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------------------------
+
+class Evt3Encoder:
+    """Stateful EVT 3.0 encoder: successive calls continue one stream (time, y carried).
+
+    The stream's clock starts at 0: time words are written from there (a TIME_HIGH at least every
+    2^22 us through gaps), so the decoder recovers absolute times past any number of wraps.
+    """
+
+    def __init__(self, vectorize: bool = True):
+        self.vectorize = vectorize
+        self.reset()
+
+    def reset(self) -> None:
+        self._t = 0
+        self._have_time = False
+        self._y = -1
+
+    def encode(self, events, triggers=None) -> bytes:
+        ev = _check_events(events)
+        tr = _check_triggers(triggers)
+        if ev.size == 0 and tr.size == 0:
+            return b""
+        t_ev = ev["t"].astype(np.int64)
+        first_t = min(int(t_ev[0]) if ev.size else np.iinfo(np.int64).max,
+                      int(tr["t"][0]) if tr.size else np.iinfo(np.int64).max)
+        if first_t < self._t:
+            raise ValueError(f"events must be sorted by t: t={first_t} us comes after {self._t} us "
+                             f"already encoded (or is negative)")
+        return _encode(self, ev, t_ev, tr)
+
+
+def _check_events(events) -> np.ndarray:
+    if events is None:
+        return np.zeros(0, EVENT_DTYPE)
+    ev = np.asarray(events)
+    if ev.dtype.names is None or not {"t", "x", "y", "p"} <= set(ev.dtype.names):
+        raise TypeError(f"events must be a structured array with fields t, x, y, p (got {ev.dtype})")
+    if ev.size == 0:
+        return ev
+    t = ev["t"]
+    down = np.flatnonzero(t[1:] < t[:-1])
+    if down.size:
+        i = int(down[0]) + 1
+        raise ValueError(f"events must be sorted by t: event {i} has t={int(t[i])} us after "
+                         f"t={int(t[i - 1])} us ({down.size} such step(s))")
+    for name in ("x", "y"):
+        values = ev[name]
+        if int(values.min()) < 0 or int(values.max()) > 2047:
+            raise ValueError(f"event {name} must be in 0..2047 for EVT 3.0, got "
+                             f"{int(values.min())}..{int(values.max())}")
+    p = ev["p"]
+    bad_p = np.flatnonzero((p != 1) & (p != -1))
+    if bad_p.size:
+        raise ValueError(f"event polarity must be -1 or +1, event {int(bad_p[0])} has p={int(p[bad_p[0]])}")
+    return ev
+
+
+def _check_triggers(triggers) -> np.ndarray:
+    if triggers is None:
+        return np.zeros(0, TRIGGER_DTYPE)
+    tr = np.asarray(triggers)
+    if tr.dtype.names is None or not {"t", "channel", "value"} <= set(tr.dtype.names):
+        raise TypeError(f"triggers must be a structured array with fields t, channel, value (got {tr.dtype})")
+    if tr.size == 0:
+        return tr
+    if np.any(tr["t"][1:] < tr["t"][:-1]):
+        raise ValueError("triggers must be sorted by t")
+    if int(tr["channel"].max()) > 15 or int(tr["value"].max()) > 1:
+        raise ValueError("trigger channel must be 0..15 and value 0 or 1")
+    return tr
+
+
+def _encode(enc: Evt3Encoder, ev: np.ndarray, t_ev: np.ndarray, tr: np.ndarray) -> bytes:
+    """Word layout per item (event or trigger), in time order:
+    [keep-alive TIME_HIGHs] [TIME_HIGH] [TIME_LOW] then ADDR_Y? + (ADDR_X | VECT_BASE_X + vectors)
+    for an event, EXT_TRIGGER for a trigger. Triggers go before events of the same microsecond.
+    """
+    ne, nt = ev.size, tr.size
+    n = ne + nt
+    if nt:
+        slot = np.searchsorted(t_ev, tr["t"], side="left") + np.arange(nt)
+        is_trig = np.zeros(n, bool)
+        is_trig[slot] = True
+        is_event = ~is_trig
+        t_all = np.empty(n, np.int64)
+        t_all[slot] = tr["t"]
+        t_all[is_event] = t_ev
+    else:
+        is_trig = None
+        t_all = t_ev
+
+    # Time words: when the time changes; TIME_HIGH when its 4096 us block changes; keep-alives
+    # through long gaps.
+    prev_t = _prepend(enc._t, t_all[:-1], np.int64)
+    new_time = t_all != prev_t
+    high = t_all >> 12
+    new_high = high != (prev_t >> 12)
+    if not enc._have_time:
+        new_time[0] = new_high[0] = True
+    new_time |= new_high
+    gap = t_all - prev_t
+    n_keep = np.where(gap > _KEEPALIVE_US, (gap - 1) // _KEEPALIVE_US, 0)
+    words_per_item = n_keep + new_high + new_time
+
+    # Events: ADDR_Y when y changes, then ADDR_X, or one vector run per VECT_BASE_X.
+    x = ev["x"].astype(np.int64)
+    y = ev["y"].astype(np.int64)
+    pbit = (ev["p"] > 0).astype(np.int64)
+    new_y = y != _prepend(enc._y, y[:-1], np.int64)
+    if enc.vectorize and ne > 1:
+        dx = x[1:] - x[:-1]
+        same = (t_ev[1:] == t_ev[:-1]) & (y[1:] == y[:-1]) & (pbit[1:] == pbit[:-1]) & (dx > 0) & (dx < 12)
+        run_head = np.ones(ne, bool)
+        run_head[1:] = ~same
+        heads = np.flatnonzero(run_head)
+        run_len = np.diff(np.append(heads, ne))
+        run_of = np.cumsum(run_head) - 1
+        offset = x - x[heads][run_of]
+        block = offset // 12
+        last = heads + run_len - 1
+        n_blocks = block[last] + 1
+        is_vec_run = (run_len >= 2) & (n_blocks + 1 <= run_len)
+        in_vec = is_vec_run[run_of]
+        ev_words = np.where(in_vec, 0, 1)
+        ev_words[heads[is_vec_run]] = 1 + n_blocks[is_vec_run]
+    else:
+        in_vec = None
+        ev_words = np.ones(ne, np.int64)
+    ev_words += new_y
+    if nt:
+        words_per_item[is_event] += ev_words
+        words_per_item[is_trig] += 1
+    else:
+        words_per_item += ev_words
+
+    total = int(words_per_item.sum())
+    out = np.empty(total, np.uint16)
+    cursor = np.cumsum(words_per_item) - words_per_item
+    if n_keep.any():
+        items = np.flatnonzero(n_keep)
+        counts = n_keep[items]
+        step = _ramp(counts)
+        times = np.repeat(prev_t[items], counts) + (step + 1) * _KEEPALIVE_US
+        out[np.repeat(cursor[items], counts) + step] = (TIME_HIGH << 12) | ((times >> 12) & 0xFFF)
+        cursor = cursor + n_keep
+    out[cursor[new_high]] = (TIME_HIGH << 12) | (high[new_high] & 0xFFF)
+    cursor = cursor + new_high
+    out[cursor[new_time]] = (TIME_LOW << 12) | (t_all[new_time] & 0xFFF)
+    cursor = cursor + new_time
+    if nt:
+        out[cursor[is_trig]] = (EXT_TRIGGER << 12) | (tr["channel"].astype(np.int64) << 8) | tr["value"]
+        cursor = cursor[is_event]
+    out[cursor[new_y]] = (ADDR_Y << 12) | y[new_y]
+    cursor = cursor + new_y
+    if in_vec is None or not in_vec.any():
+        out[cursor] = (ADDR_X << 12) | (pbit << 11) | x
+    else:
+        plain = ~in_vec
+        out[cursor[plain]] = (ADDR_X << 12) | (pbit[plain] << 11) | x[plain]
+        vheads = heads[is_vec_run]
+        out[cursor[vheads]] = (VECT_BASE_X << 12) | (pbit[vheads] << 11) | x[vheads]
+        # One vector word per 12-wide block of each run; masks summed from the events' bits.
+        blocks_per_run = n_blocks[is_vec_run]
+        first_block = np.cumsum(blocks_per_run) - blocks_per_run
+        run_rank = np.cumsum(is_vec_run) - 1
+        global_block = (first_block[run_rank[run_of[in_vec]]] + block[in_vec])
+        bit = offset[in_vec] - 12 * block[in_vec]
+        masks = np.bincount(global_block, weights=np.left_shift(1, bit), minlength=int(blocks_per_run.sum()))
+        masks = masks.astype(np.int64)
+        last_fits_8 = (offset[last[is_vec_run]] - 12 * (blocks_per_run - 1)) < 8
+        block_type = np.full(masks.size, VECT_12 << 12, np.int64)
+        block_type[first_block + blocks_per_run - 1] = np.where(last_fits_8, VECT_8 << 12, VECT_12 << 12)
+        block_pos = np.repeat(cursor[vheads] + 1, blocks_per_run) + _ramp(blocks_per_run)
+        out[block_pos] = block_type | masks
+
+    enc._t = int(t_all[-1])
+    enc._have_time = True
+    if ne:
+        enc._y = int(y[-1])
+    return out.astype("<u2", copy=False).tobytes()
+
+
+def encode_evt3(events, triggers=None, *, vectorize: bool = True) -> bytes:
+    """Encode events (sorted by t, sensor us from clock origin 0) and triggers as one EVT 3.0 stream.
+
+    Decoding gives back exactly the same events in the same order: runs of consecutive events with
+    equal t, y and polarity and increasing x less than 12 apart become vector words (sort by
+    (t, y, x) beforehand for the most compact stream).
+    """
+    return Evt3Encoder(vectorize=vectorize).encode(events, triggers)
+
+
+# ---------------------------------------------------------------------------------------------
+# .raw files
+# ---------------------------------------------------------------------------------------------
+
+def _parse_header(data: bytes) -> tuple[dict, int]:
+    header: dict = {}
+    pos = 0
+    while data.startswith(b"% ", pos):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            raise ValueError("corrupt .raw header: a '% ' line has no end of line")
+        line = data[pos + 2:end].decode("utf-8", errors="replace").rstrip("\r")
+        pos = end + 1
+        if line == "end":
+            break
+        key, _, value = line.partition(" ")
+        header[key] = value
+    fmt = header.get("format", "")
+    if fmt:
+        name, *params = fmt.split(";")
+        header["evt"] = name
+        for param in params:
+            key, _, value = param.partition("=")
+            if key in ("width", "height"):
+                header[key] = int(value)
+    elif "geometry" in header:
+        w, _, h = header["geometry"].partition("x")
+        header["width"], header["height"] = int(w), int(h)
+    return header, pos
+
+
+def read_raw(path) -> tuple[dict, DecodedChunk]:
+    """Read a Prophesee EVT 3.0 `.raw` file: header dict (width/height as ints) and its events."""
+    data = Path(path).read_bytes()
+    header, start = _parse_header(data)
+    evt = header.get("evt", "EVT3")
+    if evt.upper() not in ("EVT3", "EVT 3.0", "3.0"):
+        raise ValueError(f"{path}: not an EVT 3.0 file (format {header.get('format')!r})")
+    chunk = decode_evt3(memoryview(data)[start:], header.get("width"), header.get("height"))
+    return header, chunk
+
+
+def write_raw(path, events, triggers=None, width: int = 1280, height: int = 720) -> None:
+    """Write events (and triggers) as a Prophesee EVT 3.0 `.raw` file."""
+    header = (f"% camera_integrator_name efs_ros\n% evt 3.0\n% format EVT3;height={height};width={width}\n"
+              f"% geometry {width}x{height}\n% end\n")
+    Path(path).write_bytes(header.encode() + encode_evt3(events, triggers))
