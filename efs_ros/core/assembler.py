@@ -96,6 +96,7 @@ class JobAssembler:
         self._chunk_tmin: deque[int] = deque()
         self._chunk_tmax: deque[int] = deque()
         self._buffered = 0
+        self._sweep_cache = None
         self._overflow_until_us: int | None = None
         self._first_packet_stamp: int | None = None
         self._last_packet_stamp: int | None = None
@@ -183,6 +184,7 @@ class JobAssembler:
         self._last_packet_stamp = stamp_ns if self._last_packet_stamp is None \
             else max(self._last_packet_stamp, stamp_ns)
         if events.size:
+            self._sweep_cache = None
             self._chunks.append(events)
             self._chunk_tmin.append(int(events["t"].min()))
             self._chunk_tmax.append(int(events["t"].max()))
@@ -207,6 +209,7 @@ class JobAssembler:
     def _enforce_capacity(self) -> None:
         limit = self.config.max_events
         while self._buffered > limit and self._chunks:
+            self._sweep_cache = None
             excess = self._buffered - limit
             head = self._chunks[0]
             if head.size <= excess:
@@ -382,15 +385,24 @@ class JobAssembler:
         )
         return job, None
 
-    def _events_for(self, fit: ClockFit, lo_us: int, hi_us: int, stamp_ns: int,
-                    sweep: Sweep) -> np.ndarray:
+    def _sweep_events(self, lo_us: int, hi_us: int) -> np.ndarray:
+        """Buffered events with sensor time in [lo, hi]; cached for the frames of one sweep."""
+        key = (lo_us, hi_us)  # the cache is dropped whenever the buffer changes
+        if self._sweep_cache is not None and self._sweep_cache[0] == key:
+            return self._sweep_cache[1]
         parts = [c for c, t_min, t_max in zip(self._chunks, self._chunk_tmin, self._chunk_tmax,
                                               strict=True)
                  if t_max >= lo_us and t_min <= hi_us]
-        if not parts:
-            return np.zeros(0, EVENT_DTYPE)
-        ev = np.concatenate(parts)
+        ev = np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
         ev = ev[(ev["t"] >= lo_us) & (ev["t"] <= hi_us)]
+        self._sweep_cache = (key, ev)
+        return ev
+
+    def _events_for(self, fit: ClockFit, lo_us: int, hi_us: int, stamp_ns: int,
+                    sweep: Sweep) -> np.ndarray:
+        ev = self._sweep_events(lo_us, hi_us)
+        if not ev.size:
+            return np.zeros(0, EVENT_DTYPE)
         rel = fit.relative_us(ev["t"], stamp_ns)
         lo_rel = -((stamp_ns - sweep.start_ns) // 1000)  # ceil of (start - stamp) / 1000
         hi_rel = (sweep.end_ns - stamp_ns) // 1000
@@ -420,11 +432,12 @@ class JobAssembler:
             return
         keep_from_ns = min(needed) - int(self.config.ready_margin_ms * 1e6)
         self._tracker.prune_before(keep_from_ns)
-        fit = self._sync.fit()
+        fit = self._sync.stamps.current()  # cached: pruning keeps a slack far above its error
         if fit is None or not self._chunks:
             return
         keep_from_us = fit.to_sensor_us(keep_from_ns) - self.config.sync.jump_tolerance_ms * 1e3
         while self._chunks and self._chunk_tmax[0] < keep_from_us:
+            self._sweep_cache = None
             self._buffered -= int(self._chunks[0].size)
             self._counters["events_pruned"] += int(self._chunks[0].size)
             self._chunks.popleft()
@@ -441,7 +454,7 @@ class JobAssembler:
             "frames_pending": len(self._frames),
             "focus_gaps": self._tracker.gaps,
             "sweeps": self._tracker.sweep_count,
-            "turning_points": len(self._tracker.turning_points),
+            "turning_points": self._tracker.turning_point_count,
             "sensor_size": f"{self._width}x{self._height}" if self.sensor_size else "",
             "last_fault": self.faults[-1] if self.faults else "",
             "last_reset": self.last_reset_reason,

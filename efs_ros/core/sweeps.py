@@ -137,6 +137,7 @@ class SweepTracker:
         self.turning_points: list[TurningPoint] = []
         self.sweeps: list[Sweep] = []
         self.sweep_count = 0
+        self.turning_point_count = 0
         self.samples = 0
         self.gaps = 0
         self.out_of_order = 0
@@ -188,7 +189,7 @@ class SweepTracker:
 
     def add_many(self, stamps_ns, dpts) -> list[Sweep]:
         out: list[Sweep] = []
-        for t, v in zip(np.asarray(stamps_ns).tolist(), np.asarray(dpts).tolist()):
+        for t, v in zip(np.asarray(stamps_ns).tolist(), np.asarray(dpts).tolist(), strict=True):
             out.extend(self.add(t, v))
         return out
 
@@ -240,6 +241,7 @@ class SweepTracker:
         last = i + int(after[0]) - 1 if after.size else t.size - 1
         tp = TurningPoint(t_c, v_c, kind, int(t[first]), int(t[last]))
         self.turning_points.append(tp)
+        self.turning_point_count += 1
         return tp
 
     # --------------------------------------------------------- queries for jobs
