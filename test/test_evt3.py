@@ -1,0 +1,478 @@
+"""EVT 3.0 codec: cross-checked against independent decoders on a real recording, stream vs
+one-shot decoding, exact round trips (vectors, triggers, clock wraps) and faults on bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from efs_ros.core import evt3 as codec
+from efs_ros.core.events import EVENT_DTYPE, TRIGGER_DTYPE
+from efs_ros.core.evt3 import (
+    DecodedChunk,
+    Evt3Decoder,
+    Evt3Encoder,
+    Evt3Error,
+    decode_evt3,
+    encode_evt3,
+    read_raw,
+    write_raw,
+)
+
+WRAP = 1 << 24
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_packets(real_evt3_bag):
+    """The real recording's EventPacket payloads, in bag order, plus the sensor size."""
+    from rosbags.rosbag2 import Reader
+
+    from efs_ros.io.typestore import typestore
+
+    store = typestore()
+    packets, sizes, encodings = [], set(), set()
+    with Reader(real_evt3_bag) as reader:
+        for conn, _, raw in reader.messages():
+            msg = store.deserialize_cdr(raw, conn.msgtype)
+            packets.append(bytes(msg.events))
+            sizes.add((int(msg.width), int(msg.height)))
+            encodings.add(msg.encoding)
+    assert encodings == {"evt3"}
+    assert len(sizes) == 1
+    (width, height), = sizes
+    return packets, width, height
+
+
+@pytest.fixture(scope="module")
+def real_decoded(real_packets):
+    packets, width, height = real_packets
+    decoder = Evt3Decoder(width, height)
+    chunks = [decoder.decode(p, strict=True) for p in packets]
+    return _cat(chunks)
+
+
+def _cat(chunks: list[DecodedChunk]) -> DecodedChunk:
+    return DecodedChunk(np.concatenate([c.events for c in chunks]),
+                        np.concatenate([c.triggers for c in chunks]),
+                        [f for c in chunks for f in c.faults], sum(c.n_words for c in chunks))
+
+
+def busy_events(n_segments: int, seed: int, width: int = 1280, height: int = 720,
+                duration_us: int = 200_000, wrap_gaps: bool = False) -> np.ndarray:
+    """A busy synthetic scene: short same-row runs of nearby x (so vector words occur), mixed
+    with isolated events and duplicates; sorted by (t, y, x). With wrap_gaps the recording lasts
+    several 2^24 us clock periods and has gaps longer than half a period."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, duration_us, n_segments))
+    if wrap_gaps:
+        # a few jumps of 5..20 s: the clock wraps (several times) between some events
+        jumps = np.zeros(n_segments, np.int64)
+        jumps[rng.integers(0, n_segments, 6)] = rng.integers(5_000_000, 20_000_000, 6)
+        t = t + np.cumsum(jumps)
+    y = rng.integers(0, height, n_segments)
+    p = rng.choice(np.array([-1, 1], np.int8), n_segments)
+    length = rng.integers(1, 30, n_segments)
+    x0 = rng.integers(0, width - 100, n_segments)
+    seg = np.repeat(np.arange(n_segments), length)
+    start = np.cumsum(length) - length
+    step = rng.choice([0, 1, 1, 2, 3, 5, 13], seg.size)  # 0: duplicate pixel, 13: breaks a vector
+    step[start] = 0
+    offset = np.cumsum(step)
+    x = x0[seg] + offset - offset[start][seg]
+    ev = np.empty(seg.size, EVENT_DTYPE)
+    ev["t"], ev["x"], ev["y"], ev["p"] = t[seg], np.minimum(x, width - 1), y[seg], p[seg]
+    return ev[np.lexsort((ev["x"], ev["y"], ev["t"]))]
+
+
+def some_triggers(events: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tr = np.zeros(n, TRIGGER_DTYPE)
+    tr["t"] = np.sort(rng.choice(events["t"], n))  # same microseconds as events: ordering matters
+    tr["channel"] = rng.integers(0, 3, n)
+    tr["value"] = np.arange(n) % 2
+    return tr
+
+
+def word_types(data: bytes) -> np.ndarray:
+    return np.bincount(np.frombuffer(data, "<u2") >> 12, minlength=16)
+
+
+def words(*values: int) -> bytes:
+    return np.array(values, "<u2").tobytes()
+
+
+def assert_same(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype
+    assert a.size == b.size
+    for name in a.dtype.names:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) the real recording against independent decoders
+# ---------------------------------------------------------------------------------------------
+
+def test_real_recording_matches_evt3_package_event_for_event(real_packets, real_decoded):
+    evt3 = pytest.importorskip("evt3")
+    packets, width, height = real_packets
+    assert len(packets) == 105 and (width, height) == (1280, 720)
+    ours = real_decoded.events
+    assert real_decoded.faults == []
+    ref = evt3.decode_bytes(b"".join(packets), sensor_width=width, sensor_height=height)
+    assert len(ours) == len(ref) > 50_000
+    np.testing.assert_array_equal(ours["x"], ref.x)
+    np.testing.assert_array_equal(ours["y"], ref.y)
+    np.testing.assert_array_equal(ours["t"], ref.t.astype(np.int64))
+    np.testing.assert_array_equal(ours["p"], np.where(ref.p > 0, 1, -1))
+    # evt3's own stream decoder, fed the same packets, agrees too
+    stream = evt3.Decoder(sensor_width=width, sensor_height=height)
+    fed = [stream.feed(p) for p in packets]
+    np.testing.assert_array_equal(ours["t"], np.concatenate([f.t for f in fed]).astype(np.int64))
+
+
+def test_real_recording_events_and_triggers_match_faery_and_evt3_files(real_packets, real_decoded, tmp_path):
+    faery = pytest.importorskip("faery")
+    evt3 = pytest.importorskip("evt3")
+    packets, width, height = real_packets
+    raw = tmp_path / "real.raw"
+    raw.write_bytes(f"% evt 3.0\n% format EVT3;height={height};width={width}\n% end\n".encode()
+                    + b"".join(packets))
+    events, triggers = [], []
+    for packet in faery.evt.Decoder(str(raw), (width, height), "evt3"):
+        if "events" in packet:
+            events.append(packet["events"])
+        if "triggers" in packet:
+            triggers.append(packet["triggers"])
+    fe = np.concatenate(events)
+    ft = np.concatenate(triggers)
+    ours = real_decoded
+    np.testing.assert_array_equal(ours.events["t"], fe["t"].astype(np.int64))
+    np.testing.assert_array_equal(ours.events["x"], fe["x"])
+    np.testing.assert_array_equal(ours.events["y"], fe["y"])
+    np.testing.assert_array_equal(ours.events["p"] > 0, fe["on"])
+    # the recording's two external-trigger edges
+    assert len(ours.triggers) == 2
+    np.testing.assert_array_equal(ours.triggers["t"], ft["t"].astype(np.int64))
+    np.testing.assert_array_equal(ours.triggers["channel"], ft["source"])
+    np.testing.assert_array_equal(ours.triggers["value"], ft["rising"].astype(np.uint8))
+    _, et = evt3.decode_file_with_triggers(str(raw))
+    np.testing.assert_array_equal(ours.triggers["t"], np.asarray(et.timestamp).astype(np.int64))
+    np.testing.assert_array_equal(ours.triggers["value"], np.asarray(et.value))
+    # read_raw on the same file gives the same
+    header, chunk = read_raw(raw)
+    assert (header["width"], header["height"]) == (width, height)
+    assert_same(chunk.events, ours.events)
+    assert_same(chunk.triggers, ours.triggers)
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) one-shot vs stream, arbitrary split points
+# ---------------------------------------------------------------------------------------------
+
+def test_one_shot_equals_stream_on_real_recording(real_packets, real_decoded):
+    packets, width, height = real_packets
+    one = decode_evt3(b"".join(packets), width, height, strict=True)
+    assert_same(one.events, real_decoded.events)
+    assert_same(one.triggers, real_decoded.triggers)
+    assert one.n_words == real_decoded.n_words == len(b"".join(packets)) // 2
+
+
+def _decode_split(data: bytes, cuts: list[int], width=None, height=None) -> DecodedChunk:
+    decoder = Evt3Decoder(width, height)
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    view = memoryview(data)
+    chunks = [decoder.decode(view[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    chunks.append(decoder.finish())
+    return _cat(chunks)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 758_295), min_size=1, max_size=40))
+def test_real_bytes_split_anywhere_decode_the_same(real_packets, real_decoded, cuts):
+    packets, width, height = real_packets
+    data = b"".join(packets)
+    split = _decode_split(data, [c % len(data) for c in cuts], width, height)
+    assert split.faults == []
+    assert_same(split.events, real_decoded.events)
+    assert_same(split.triggers, real_decoded.triggers)
+
+
+@pytest.fixture(scope="module")
+def synthetic_stream():
+    events = busy_events(3000, seed=1, wrap_gaps=True)
+    triggers = some_triggers(events, 40, seed=2)
+    return events, triggers, encode_evt3(events, triggers)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 10**9), min_size=1, max_size=60))
+def test_synthetic_bytes_split_anywhere_decode_the_same(synthetic_stream, cuts):
+    events, triggers, data = synthetic_stream
+    split = _decode_split(data, [c % len(data) for c in cuts])
+    assert split.faults == []
+    assert_same(split.events, events)
+    assert_same(split.triggers, triggers)
+
+
+def test_large_input_is_decoded_in_blocks_with_identical_result(monkeypatch, synthetic_stream):
+    events, triggers, data = synthetic_stream
+    whole = decode_evt3(data)
+    monkeypatch.setattr(codec, "BLOCK_WORDS", 1000)  # forces ~len/1000 internal blocks
+    blocked = decode_evt3(data)
+    assert_same(blocked.events, whole.events)
+    assert_same(blocked.triggers, whole.triggers)
+    assert_same(whole.events, events)
+
+
+def test_decoder_state_carries_mid_word_and_registers():
+    decoder = Evt3Decoder()
+    data = words(0x8001, 0x6005, 0x0007, 0x3010, 0x4005)
+    first = decoder.decode(data[:9])  # ends inside the VECT_12 word (odd byte kept)
+    assert len(first.events) == 0
+    state = decoder.state
+    assert state.pending == data[8:9]
+    assert (state.y, state.base_x, state.time, state.words) == (7, 16, 4096 + 5, 3 + 1)
+    second = decoder.decode(data[9:])
+    assert second.events["x"].tolist() == [16, 18]
+    assert second.events["t"].tolist() == [4101, 4101]
+    assert decoder.state.base_x == 28
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) encode -> decode round trips
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_round_trip_exact_with_vectors_triggers_and_wraps(synthetic_stream, vectorize):
+    events, triggers, _ = synthetic_stream
+    assert events["t"][-1] > 3 * WRAP  # several clock wraps, some gaps over half a period
+    assert np.diff(events["t"]).max() > WRAP // 2
+    data = encode_evt3(events, triggers, vectorize=vectorize)
+    types = word_types(data)
+    if vectorize:
+        assert types[codec.VECT_BASE_X] > 0 and types[codec.VECT_12] > 0 and types[codec.VECT_8] > 0
+    else:
+        assert types[codec.VECT_12] == types[codec.VECT_8] == 0
+    assert types[codec.EXT_TRIGGER] == len(triggers)
+    out = decode_evt3(data, 1280, 720, strict=True)
+    assert_same(out.events, events)
+    assert_same(out.triggers, triggers)
+
+
+def test_vectors_make_the_stream_smaller(synthetic_stream):
+    events, triggers, data = synthetic_stream
+    assert len(data) < 0.8 * len(encode_evt3(events, triggers, vectorize=False))
+
+
+def test_round_trip_across_packets_carries_wraps():
+    """A recording encoded packet by packet (as the simulator writes bags) and decoded packet by
+    packet keeps absolute time across every wrap."""
+    events = busy_events(4000, seed=5, duration_us=int(3.5 * WRAP))  # dense: no gap needs keep-alives
+    triggers = some_triggers(events, 12, seed=6)
+    encoder = Evt3Encoder()
+    decoder = Evt3Decoder(1280, 720)
+    edges = np.linspace(0, events["t"][-1] + 1, 80).astype(np.int64)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        ev = events[(events["t"] >= lo) & (events["t"] < hi)]
+        tr = triggers[(triggers["t"] >= lo) & (triggers["t"] < hi)]
+        out.append(decoder.decode(encoder.encode(ev, tr), strict=True))
+    got = _cat(out)
+    assert decoder.state.epoch == 3
+    assert_same(got.events, events)
+    assert_same(got.triggers, triggers)
+
+
+def test_encoder_output_is_read_by_independent_decoder(synthetic_stream):
+    evt3 = pytest.importorskip("evt3")
+    events = busy_events(2000, seed=9)  # within one clock period: evt3 starts its epoch at 0 too
+    data = encode_evt3(events)
+    assert word_types(data)[codec.VECT_12] > 0
+    ref = evt3.decode_bytes(data)
+    np.testing.assert_array_equal(ref.x, events["x"])
+    np.testing.assert_array_equal(ref.y, events["y"])
+    np.testing.assert_array_equal(ref.t.astype(np.int64), events["t"])
+    np.testing.assert_array_equal(np.where(ref.p > 0, 1, -1), events["p"])
+
+
+event_lists = st.lists(
+    st.tuples(st.one_of(st.integers(0, 30), st.integers(0, 3 * WRAP)), st.integers(0, 40),
+              st.integers(0, 3), st.sampled_from([-1, 1])),
+    max_size=200)
+
+
+@settings(max_examples=60, deadline=None)
+@given(event_lists, st.booleans())
+def test_round_trip_random_small_streams(rows, vectorize):
+    ev = np.array(sorted(rows, key=lambda r: r[0]), dtype=EVENT_DTYPE)
+    out = decode_evt3(encode_evt3(ev, vectorize=vectorize), strict=True)
+    assert_same(out.events, ev)
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) the real recording re-encoded by our encoder
+# ---------------------------------------------------------------------------------------------
+
+def test_real_recording_reencoded_decodes_to_the_same(real_decoded):
+    ours = real_decoded
+    data = encode_evt3(ours.events, ours.triggers)
+    again = decode_evt3(data, 1280, 720, strict=True)
+    assert_same(again.events, ours.events)
+    assert_same(again.triggers, ours.triggers)
+
+
+# ---------------------------------------------------------------------------------------------
+# (5) bad input
+# ---------------------------------------------------------------------------------------------
+
+GOOD = [0x8001, 0x6005, 0x0007, 0x2803, 0x2004]  # t=4101, y=7: (3, +1) and (4, -1)
+AFTER = [0x6009, 0x2805]                          # t=4105: (5, +1)
+
+
+def test_truncated_word_is_a_fault_and_keeps_events():
+    data = words(*GOOD) + b"\x05"
+    with pytest.raises(Evt3Error, match=r"truncated data: 1 trailing byte \(0x05\)") as err:
+        decode_evt3(data, strict=True)
+    assert err.value.partial.events["x"].tolist() == [3, 4]
+    out = decode_evt3(data)
+    assert len(out.faults) == 1 and "truncated" in out.faults[0]
+    assert out.events["x"].tolist() == [3, 4]
+
+
+def test_unknown_word_type_is_a_fault_and_skipped():
+    data = words(*GOOD, 0xB123, *AFTER)
+    with pytest.raises(Evt3Error, match=r"unknown word type 0xB at word 5 \(value 0xB123\)") as err:
+        decode_evt3(data, strict=True)
+    assert err.value.partial.events["x"].tolist() == [3, 4]
+    out = decode_evt3(data)
+    assert len(out.faults) == 1 and out.stats["faults"] == 1
+    assert out.events["x"].tolist() == [3, 4, 5]
+    assert out.events["t"].tolist() == [4101, 4101, 4105]
+
+
+def test_reserved_type_9_is_skipped_silently_and_counted():
+    out = decode_evt3(words(*GOOD, 0x9ABC, 0x9000, *AFTER), strict=True)
+    assert out.faults == []
+    assert out.stats["reserved_0x9"] == 2
+    assert out.events["x"].tolist() == [3, 4, 5]
+
+
+def test_time_going_backwards_is_a_fault_and_events_are_kept():
+    back = [0x8000, 0x6010, 0x2806]  # TIME_HIGH 1 -> 0: 4101 -> 16 us (not a wrap: small drop)
+    data = words(*GOOD, *back, *AFTER)
+    with pytest.raises(Evt3Error, match=r"time went backwards by 4085 us at word 7") as err:
+        decode_evt3(data, strict=True)
+    assert err.value.partial.events["x"].tolist() == [3, 4]
+    out = decode_evt3(data)
+    assert len(out.faults) == 1 and "backwards" in out.faults[0]
+    assert out.events["x"].tolist() == [3, 4, 6, 5]
+    assert out.events["t"].tolist() == [4101, 4101, 16, 9]
+
+
+def test_small_backward_jitter_is_counted_not_a_fault():
+    data = words(*GOOD, 0x6001, 0x2806, *AFTER)  # 4101 -> 4097: 4 us back
+    out = decode_evt3(data, strict=True)
+    assert out.faults == []
+    assert out.stats["time_jitter"] == 1
+    assert out.events["t"].tolist() == [4101, 4101, 4097, 4105]
+    strict_decoder = Evt3Decoder(max_jitter_us=0)
+    with pytest.raises(Evt3Error, match="backwards by 4 us"):
+        strict_decoder.decode(data, strict=True)
+
+
+def test_wrap_is_not_backwards():
+    data = words(0x8FFF, 0x6FFE, 0x0001, 0x2801, 0x8000, 0x6003, 0x2802)
+    out = decode_evt3(data, strict=True)
+    assert out.events["t"].tolist() == [WRAP - 2, WRAP + 3]
+
+
+def test_out_of_range_events_are_faults_with_width_height():
+    data = words(*GOOD, 0x2878, 0x0040, 0x2801, 0x0008, *AFTER)  # x=120 at y=7; (1, 64); y=8
+    with pytest.raises(Evt3Error, match=r"outside the 100x50 sensor.*word 5: x=120, y=7") as err:
+        decode_evt3(data, width=100, height=50, strict=True)
+    assert err.value.partial.events["x"].tolist() == [3, 4]
+    out = decode_evt3(data, width=100, height=50)
+    assert len(out.faults) == 1 and "2 event(s) outside" in out.faults[0]
+    assert out.stats["dropped_events"] == 2
+    assert out.events["x"].tolist() == [3, 4, 5]
+    assert out.events["y"].tolist() == [7, 7, 8]
+    assert decode_evt3(data).faults == []  # without a size nothing is out of range
+
+
+def test_vector_beyond_width_is_out_of_range():
+    data = words(*GOOD, 0x305E, 0x4FFF)  # base 94 + 12 bits: x = 94..105 with width 100
+    out = decode_evt3(data, width=100)
+    assert out.stats["dropped_events"] == 6
+    assert out.events["x"].tolist() == [3, 4, 94, 95, 96, 97, 98, 99]
+
+
+def test_events_before_state_words_are_dropped_and_counted():
+    data = words(0x2801, 0x4003, *GOOD, *AFTER)  # ADDR_X and VECT_12 with no time, y or base yet
+    with pytest.raises(Evt3Error, match=r"3 event\(s\) before the ADDR_Y/TIME_HIGH/VECT_BASE_X.*word 0"):
+        decode_evt3(data, strict=True)
+    out = decode_evt3(data)
+    assert out.stats["dropped_events"] == 3
+    assert out.events["x"].tolist() == [3, 4, 5]
+
+
+def test_strict_error_leaves_decoder_unchanged():
+    decoder = Evt3Decoder(100, 50)
+    decoder.decode(words(*GOOD))
+    before = decoder.state
+    bad = words(0x2878, *AFTER)
+    with pytest.raises(Evt3Error):
+        decoder.decode(bad, strict=True)
+    assert decoder.state == before
+    out = decoder.decode(bad)
+    assert out.events["x"].tolist() == [5] and len(out.faults) == 1
+
+
+def test_encoder_rejects_bad_events():
+    ev = busy_events(50, seed=3)
+    with pytest.raises(ValueError, match="sorted by t"):
+        encode_evt3(ev[::-1])
+    bad = ev.copy()
+    bad["p"][3] = 0
+    with pytest.raises(ValueError, match="polarity"):
+        encode_evt3(bad)
+    bad = ev.copy()
+    bad["x"][0] = 4000
+    with pytest.raises(ValueError, match="0..2047"):
+        encode_evt3(bad)
+    encoder = Evt3Encoder()
+    encoder.encode(ev[ev["t"] > 1000])
+    with pytest.raises(ValueError, match="sorted by t"):
+        encoder.encode(ev[:5])
+
+
+def test_decoder_rejects_non_byte_input():
+    with pytest.raises(TypeError, match="uint8"):
+        Evt3Decoder().decode(np.zeros(4, np.uint16))
+
+
+# ---------------------------------------------------------------------------------------------
+# (6) .raw files
+# ---------------------------------------------------------------------------------------------
+
+def test_raw_write_read_round_trip(tmp_path, synthetic_stream):
+    events, triggers, _ = synthetic_stream
+    path = tmp_path / "rec.raw"
+    write_raw(path, events, triggers, width=1280, height=720)
+    header, chunk = read_raw(path)
+    assert header["evt"] == "EVT3"
+    assert (header["width"], header["height"]) == (1280, 720)
+    assert chunk.faults == []
+    assert_same(chunk.events, events)
+    assert_same(chunk.triggers, triggers)
+
+
+def test_raw_rejects_other_formats(tmp_path):
+    path = tmp_path / "evt2.raw"
+    path.write_bytes(b"% format EVT2;height=480;width=640\n% end\n" + b"\0" * 8)
+    with pytest.raises(ValueError, match="not an EVT 3.0 file"):
+        read_raw(path)
