@@ -81,7 +81,9 @@ class JobAssembler:
             "packets_lost", "seq_restarts", "events_dropped_overflow", "events_pruned",
             "frames", "frames_rejected", "frames_dropped", "frames_without_sweep",
             "focus_samples", "focus_rejected", "jobs", "jobs_skipped", "clock_resets",
-            "stale_messages"), 0)
+            "stale_messages", "contract_violations"), 0)
+        self.last_violation = ""
+        """The latest message rejected for breaking the CONTRACT (offline eval stops on it)."""
         self._width = self.config.width
         self._height = self.config.height
         self.last_reset_reason = ""
@@ -110,6 +112,13 @@ class JobAssembler:
 
     def _fault(self, message: str) -> None:
         self.faults.append(message)
+
+    def _violation(self, counter: str, message: str) -> None:
+        """A message breaking CONTRACT section 1 (encoding, size): rejected, counted, kept."""
+        self._counters[counter] += 1
+        self._counters["contract_violations"] += 1
+        self.last_violation = message
+        self._fault(message)
 
     @property
     def sensor_size(self) -> tuple[int, int] | None:
@@ -156,8 +165,7 @@ class JobAssembler:
             self._last_seq = seq
         reason = self._packet_problem(int(width), int(height), str(encoding), bool(is_bigendian))
         if reason:
-            self._counters["packets_rejected"] += 1
-            self._fault(reason)
+            self._violation("packets_rejected", reason)
             return False
         if self._decoder is None:
             self._decoder = Evt3Decoder(self._width, self._height)
@@ -234,6 +242,7 @@ class JobAssembler:
             return False
         image = np.asarray(image)
         reason = None
+        violation = True
         if encoding not in FRAME_ENCODINGS:
             reason = (f"frame with unknown encoding {encoding!r} "
                       f"(expected {', '.join(FRAME_ENCODINGS)}): rejected")
@@ -242,11 +251,15 @@ class JobAssembler:
             reason = f"frame of shape {image.shape} does not fit encoding {encoding}: rejected"
         elif self._last_frame_stamp is not None and stamp_ns <= self._last_frame_stamp:
             reason = f"frame stamped {stamp_ns} not after the previous one: rejected"
+            violation = False
         else:
             reason = self._frame_size_problem(image)
         if reason:
-            self._counters["frames_rejected"] += 1
-            self._fault(reason)
+            if violation:
+                self._violation("frames_rejected", reason)
+            else:
+                self._counters["frames_rejected"] += 1
+                self._fault(reason)
             return False
         self._counters["frames"] += 1
         self._last_frame_stamp = stamp_ns
@@ -273,8 +286,7 @@ class JobAssembler:
             pixels = image_to_array(width, height, encoding, step, data, is_bigendian)
         except ImageError as exc:
             if self._check_clock(TOPIC_FRAMES, int(stamp_ns)):
-                self._counters["frames_rejected"] += 1
-                self._fault(f"frame: {exc}: rejected")
+                self._violation("frames_rejected", f"frame: {exc}: rejected")
             return False
         return self.add_frame(stamp_ns, pixels, encoding)
 
@@ -339,7 +351,7 @@ class JobAssembler:
     def _make_job(self, frame: _Frame, sweep: Sweep, fit_at_ns: int):
         problem = self._frame_size_problem(frame.pixels)
         if problem:
-            self._counters["frames_rejected"] += 1
+            self._violation("frames_rejected", problem)
             return None, problem
         if self._last_packet_stamp is None:
             return None, "no event packets"
@@ -461,6 +473,10 @@ class JobAssembler:
         })
         out.update(self._sync.summary())
         return out
+
+    @property
+    def contract_violations(self) -> int:
+        return self._counters["contract_violations"]
 
     @property
     def clock(self) -> ClockSync:

@@ -409,8 +409,17 @@ class ClockSync:
     def exposure_s(self, stamp_ns: int) -> float:
         return self.triggers.exposure_s(stamp_ns)
 
+    def current(self) -> ClockFit | None:
+        """The latest fit, cheaply (trigger pairs when matched, else the cached stamp fit)."""
+        stamp_fit = self.stamps.current()
+        if self.config.use_triggers:
+            trig = self.triggers.fit(None, stamp_fit)
+            if trig is not None:
+                return trig
+        return stamp_fit
+
     def summary(self) -> dict:
-        fit = self.fit()
+        fit = self.current()
         out = {
             "sync_source": fit.source if fit else "none",
             "sync_drift_ppm": round(fit.drift_ppm, 3) if fit else 0.0,
