@@ -391,7 +391,7 @@ def write_recording(path, rec, *, storage: str = "mcap", packet_us: int = 1000,
 
     `rec` needs: width, height, events (EVENT_DTYPE, absolute sensor us, sorted), frames
     (N x H x W x 3 or N x H x W, float linear [0, 1]), frame_t_us (sensor us, mid-exposure),
-    exposure_us (scalar or per frame), lens_t_us / lens_dpt (/ lens_velocity); optionally
+    exposure_s or exposure_us (scalar or per frame), lens_t_us / lens_dpt (/ lens_velocity); optionally
     triggers (TRIGGER_DTYPE; made from the frames' exposures when absent), gt_aif, gt_depth.
     `focus_rate_hz` resamples the lens (linearly) when given; the CONTRACT wants >= 200 Hz.
     """
@@ -410,8 +410,10 @@ def write_recording(path, rec, *, storage: str = "mcap", packet_us: int = 1000,
     events = np.asarray(_attr(rec, "events"), dtype=EVENT_DTYPE)
     frames = np.asarray(_attr(rec, "frames"))
     frame_t = np.asarray(_attr(rec, "frame_t_us", "frame_times_us"), dtype=np.int64)
-    exposure = np.broadcast_to(np.asarray(_attr(rec, "exposure_us", default=0.0), dtype=np.float64),
-                               frame_t.shape)
+    exposure_us = _attr(rec, "exposure_us")
+    if exposure_us is None:
+        exposure_us = np.asarray(_attr(rec, "exposure_s", default=0.0), dtype=np.float64) * 1e6
+    exposure = np.broadcast_to(np.asarray(exposure_us, dtype=np.float64), frame_t.shape)
     lens_t = np.asarray(_attr(rec, "lens_t_us"), dtype=np.int64)
     lens_dpt = np.asarray(_attr(rec, "lens_dpt"), dtype=np.float64)
     lens_vel = _attr(rec, "lens_velocity", "lens_velocity_dpt_s")
