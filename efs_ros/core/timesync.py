@@ -28,10 +28,14 @@ NS_PER_US = 1000.0
 
 @dataclass(frozen=True)
 class ClockFit:
-    """ros_ns = ref_ros_ns + slope_ns_per_us * (t_us - ref_sensor_us)."""
+    """ros_ns = ref_ros_ns + offset_ns + slope_ns_per_us * (t_us - ref_sensor_us).
+
+    The integer reference and the small float offset keep nanosecond precision (a float64
+    holding an epoch in ns would quantise to 256 ns)."""
 
     ref_sensor_us: int
-    ref_ros_ns: float
+    ref_ros_ns: int
+    offset_ns: float
     slope_ns_per_us: float
     source: str
     """'triggers' or 'stamps'."""
@@ -42,23 +46,21 @@ class ClockFit:
         """How much faster ROS time runs than sensor time, in parts per million."""
         return (self.slope_ns_per_us / NS_PER_US - 1.0) * 1e6
 
+    def _rel_ns(self, t_us) -> np.ndarray:
+        rel = (np.asarray(t_us, dtype=np.int64) - self.ref_sensor_us).astype(np.float64)
+        return self.offset_ns + self.slope_ns_per_us * rel
+
     def to_ros_ns(self, t_us) -> np.ndarray:
-        t = np.asarray(t_us, dtype=np.int64)
-        rel = (t - self.ref_sensor_us).astype(np.float64)
-        ref = int(np.floor(self.ref_ros_ns))
-        frac = self.ref_ros_ns - ref
-        return ref + np.rint(frac + self.slope_ns_per_us * rel).astype(np.int64)
+        return self.ref_ros_ns + np.rint(self._rel_ns(t_us)).astype(np.int64)
 
     def relative_us(self, t_us, origin_ns: int) -> np.ndarray:
         """Sensor times -> int64 microseconds relative to a ROS time (a frame's stamp)."""
-        t = np.asarray(t_us, dtype=np.int64)
-        rel = (t - self.ref_sensor_us).astype(np.float64)
-        base = float(int(np.floor(self.ref_ros_ns)) - int(origin_ns))
-        base += self.ref_ros_ns - np.floor(self.ref_ros_ns)
-        return np.rint((base + self.slope_ns_per_us * rel) / NS_PER_US).astype(np.int64)
+        base = float(self.ref_ros_ns - int(origin_ns))
+        return np.rint((base + self._rel_ns(t_us)) / NS_PER_US).astype(np.int64)
 
     def to_sensor_us(self, ros_ns: int) -> float:
-        return self.ref_sensor_us + (int(ros_ns) - self.ref_ros_ns) / self.slope_ns_per_us
+        return self.ref_sensor_us + (float(int(ros_ns) - self.ref_ros_ns) - self.offset_ns) \
+            / self.slope_ns_per_us
 
 
 class _Series:
@@ -119,7 +121,8 @@ def lower_envelope_line(x_us: np.ndarray, y_ns: np.ndarray, max_drift_ppm: float
     stretches of x, and a least-squares line through those: the slope now rests on the whole
     window. The slope is bounded to 1000 ns/us +- max_drift_ppm; `fixed_slope` skips the drift
     estimate (a window too short to see drift).
-    Returns (ref_x_us, ref_y_ns, slope_ns_per_us).
+    Returns (ref_x_us, ref_y_ns, offset_ns, slope_ns_per_us): the line passes through
+    (ref_x, ref_y + offset).
     """
     ref_x = int(x_us[0])
     ref_y = int(y_ns[0])
@@ -128,7 +131,7 @@ def lower_envelope_line(x_us: np.ndarray, y_ns: np.ndarray, max_drift_ppm: float
     rs = (y_ns - ref_y).astype(np.float64) - NS_PER_US * xs
     if fixed_slope is not None:
         e = fixed_slope - NS_PER_US
-        return ref_x, ref_y + float(np.min(rs - e * xs)), fixed_slope
+        return ref_x, ref_y, float(np.min(rs - e * xs)), fixed_slope
     x_mean = float(xs.mean())
     e_max = max_drift_ppm * 1e-6 * NS_PER_US
 
@@ -161,7 +164,7 @@ def lower_envelope_line(x_us: np.ndarray, y_ns: np.ndarray, max_drift_ppm: float
         e_fit, _ = np.polyfit(xs[pick], rs[pick], 1)
         e = float(np.clip(e_fit, -e_max, e_max))
     offset = float(np.min(rs - e * xs))  # back under every point: delays are never negative
-    return ref_x, ref_y + offset, NS_PER_US + e
+    return ref_x, ref_y, offset, NS_PER_US + e
 
 
 @dataclass
@@ -170,7 +173,7 @@ class SyncConfig:
     """Sliding window of packets (and trigger pairs) one fit uses."""
     min_drift_span_s: float = 1.0
     """Below this window span, drift is not estimated from stamps (nominal rate is used)."""
-    max_drift_ppm: float = 300.0
+    max_drift_ppm: float = 500.0
     """Bound on the estimated drift (CONTRACT: up to 100 ppm; margin for bad clocks)."""
     jump_tolerance_ms: float = 10.0
     """A packet stamped this much before its first event's predicted time means the sensor
@@ -278,8 +281,8 @@ class StampClock:
                 x, y = x[-64:], y[-64:]
         span_s = (int(x[-1]) - int(x[0])) * 1e-6
         fixed = NS_PER_US if span_s < self.config.min_drift_span_s else None
-        ref_x, ref_y, slope = lower_envelope_line(x, y, self.config.max_drift_ppm, fixed)
-        return ClockFit(ref_x, ref_y, slope, "stamps", int(x.size))
+        ref_x, ref_y, offset, slope = lower_envelope_line(x, y, self.config.max_drift_ppm, fixed)
+        return ClockFit(ref_x, ref_y, offset, slope, "stamps", int(x.size))
 
 
 class TriggerClock:
@@ -370,7 +373,7 @@ class TriggerClock:
         else:
             slope = stamp_fit.slope_ns_per_us if stamp_fit else NS_PER_US
             intercept = float(np.mean(ys - slope * xs))
-        return ClockFit(ref_x, int(y[0]) + intercept, slope, "triggers", int(x.size))
+        return ClockFit(ref_x, int(y[0]), intercept, slope, "triggers", int(x.size))
 
     def exposure_s(self, stamp_ns: int, slope: float = NS_PER_US) -> float:
         exposure = self.exposure_us.get(int(stamp_ns))
