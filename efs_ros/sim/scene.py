@@ -113,26 +113,36 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.03, 1.0, 3).astype(np.float32) ** 1.5
 
 
+def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours whose luminances differ by a factor 2.5..10, so patterns survive as events."""
+    c0, c1 = _random_colour(rng), _random_colour(rng)
+    w = np.array([0.2126, 0.7152, 0.0722], np.float32)
+    ratio = rng.uniform(2.5, 10.0)
+    lum0, lum1 = float(c0 @ w) + 1e-4, float(c1 @ w) + 1e-4
+    if lum0 > lum1:
+        c0, c1, lum0, lum1 = c1, c0, lum1, lum0
+    c0 = c0 * min(lum1 / (ratio * lum0), 1.0)
+    return c0.astype(np.float32), c1.astype(np.float32)
+
+
 def _procedural(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, np.pi)
     u = xx * math.cos(angle) + yy * math.sin(angle)
     v = -xx * math.sin(angle) + yy * math.cos(angle)
-    c0, c1 = _random_colour(rng), _random_colour(rng)
+    c0, c1 = _contrasting_colours(rng)
     if kind == "noise":
         field_ = np.zeros((h, w), np.float32)
-        cell = max(h, w) / rng.uniform(3.0, 6.0)
-        total = 0.0
+        cell = max(h, w) / rng.uniform(4.0, 10.0)
         while cell >= 2.0:
             gh, gw = int(math.ceil(h / cell)) + 2, int(math.ceil(w / cell)) + 2
             grid = rng.standard_normal((gh, gw)).astype(np.float32)
             up = ndimage.zoom(grid, cell, order=3, mode="nearest")[:h, :w]
-            amp = cell ** 0.7
+            amp = cell ** 0.4
             field_ += amp * up
-            total += amp
             cell /= 2.0
-        t = field_ / total
-        t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
+        lo, hi = np.percentile(field_, [2.0, 98.0])
+        t = np.clip((field_ - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
     elif kind == "checker":
         period = rng.uniform(6.0, 40.0)
         s = np.sin(np.pi * u / period) * np.sin(np.pi * v / period)

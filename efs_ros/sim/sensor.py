@@ -236,6 +236,8 @@ class EventSensor:
 
     # ------------------------------------------------------------------------------------------
     def _step_dvs(self, dn: np.ndarray, t1: float) -> np.ndarray:
+        """Work on d = filtered log - reference, which is linear in time inside the step: the
+        input ramps and the leak lowers the reference at a constant rate."""
         c = self.config
         t0 = self.t_us
         dt = t1 - t0
@@ -248,54 +250,41 @@ class EventSensor:
             lp1 = lp0 + eps * (target - lp0)
         else:
             lp1 = target
-        if c.model == "v2e" and c.leak_hz > 0:
-            self.base -= self.leak_rate * self.theta_pos * (dt * 1e-6)
-        rate = (lp1 - lp0) / dt  # log units per microsecond, constant inside the step
+        leak = self.leak_rate * self.theta_pos * 1e-6 if c.model == "v2e" else 0.0  # reference drift per us
+        slope = (lp1 - lp0) / dt + leak
         refr = c.refractory_us if c.model == "v2e" else 0.0
 
-        # A pixel is live from ts on; while refractory its reference followed the input.
+        # A pixel is live from ts on; while refractory its reference follows the input (d = 0).
         ts = np.maximum(self.refractory_until, t0)
         live = ts < t1
         woke = live & (self.refractory_until > t0)
-        level_ts = lp0 + rate * (ts - t0)
-        self.base = np.where(woke, level_ts, self.base)
-        self.base = np.where(live, self.base, lp1)
+        d0 = np.where(woke, 0.0, lp0 - self.base + leak * (ts - t0))
+        d1 = d0 + slope * (t1 - ts)
+        d_end = np.where(live, d1, 0.0)
 
-        d0 = level_ts - self.base
-        d1 = lp1 - self.base
         chunks = []
         for sign, theta in ((1.0, self.theta_pos), (-1.0, self.theta_neg)):
-            fire = live & (sign * d1 >= theta)
-            idx = np.flatnonzero(fire)
+            idx = np.flatnonzero(live & (sign * d1 >= theta))
             if idx.size == 0:
                 continue
             th = theta[idx]
-            r = np.maximum(sign * rate[idx], 1e-12)  # speed towards this threshold
-            t_first = ts[idx] + np.maximum(th - sign * d0[idx], 0.0) / r
-            spacing = refr + th / r
-            n = np.floor((t1 - t_first) / spacing).astype(np.int64) + 1
-            n = np.maximum(n, 1)
-            j = _repeat_ramp(n)
-            t_ev = np.repeat(t_first, n) + j * np.repeat(spacing, n)
+            speed = np.maximum(sign * slope[idx], 1e-12)
+            t_first = ts[idx] + np.maximum(th - sign * d0[idx], 0.0) / speed
+            spacing = refr + th / speed
+            n = np.maximum(np.floor((t1 - t_first) / spacing).astype(np.int64) + 1, 1)
+            t_ev = np.repeat(t_first, n) + _repeat_ramp(n) * np.repeat(spacing, n)
             pix = np.repeat(idx, n)
             chunks.append(_events_from_columns(t_ev, pix, np.full(pix.size, sign), self.width))
-            # Reference after the last event: the input level when its refractory period ends.
-            t_last = t_first + (n - 1) * spacing
-            wake = t_last + refr
             if refr > 0:
-                ends_inside = wake <= t1
-                new_base = np.where(ends_inside, lp0[idx] + rate[idx] * (wake - t0), lp1[idx])
+                wake = t_first + (n - 1) * spacing + refr
+                d_end[idx] = np.where(wake <= t1, slope[idx] * (t1 - wake), 0.0)
                 self.refractory_until[idx] = wake
             else:
-                # Exact crossing levels (no interpolation round-off): base + k thresholds, except
-                # when the pixel started beyond its threshold (leak), where it fired at ts.
-                start = np.where(sign * d0[idx] >= th, level_ts[idx], self.base[idx] + sign * th)
-                new_base = start + sign * (n - 1) * th
-            self.base[idx] = new_base
-
+                d_end[idx] = d1[idx] - sign * n * th
+        self.base = lp1 - d_end
+        self.lp = lp1
         if c.model == "v2e" and c.shot_hz > 0:
             chunks.append(self._shot_noise(dn, lp1, t0, t1))
-        self.lp = lp1
         if not chunks:
             return empty_events()
         return np.concatenate(chunks)
