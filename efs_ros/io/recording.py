@@ -223,15 +223,19 @@ def read_recording(path, topics=None, required=()) -> Iterator[tuple[str, object
 # ------------------------------------------------------------- mcap salvage (linear scan)
 
 def _mcap_records(buf: memoryview, pos: int, end: int):
-    """(opcode, content) records from pos; stops at the end or raises _CutError with the reason."""
+    """(opcode, content, whole) records from pos to end.
+
+    A record cut by the end of the data is yielded once with whole=False (what is there of
+    it), then _CutError is raised with the reason."""
     while pos < end:
         if end - pos < 9:
             raise _CutError(f"record header cut at byte {pos}")
         opcode = buf[pos]
         (length,) = struct.unpack_from("<Q", buf, pos + 1)
         if pos + 9 + length > end:
+            yield opcode, buf[pos + 9:end], False
             raise _CutError(f"record 0x{opcode:02X} of {length} bytes cut at byte {end}")
-        yield opcode, buf[pos + 9:pos + 9 + length]
+        yield opcode, buf[pos + 9:pos + 9 + length], True
         pos += 9 + length
 
 
@@ -241,28 +245,35 @@ class _CutError(Exception):
 
 def _read_str(rec: memoryview, pos: int) -> tuple[str, int]:
     (n,) = struct.unpack_from("<I", rec, pos)
+    if pos + 4 + n > len(rec):
+        raise _CutError("string cut")
     return bytes(rec[pos + 4:pos + 4 + n]).decode(), pos + 4 + n
 
 
 def _mcap_walk(files: list[Path]):
-    """Yield ('schema'|'channel'|'message', ...) from mcap files in file order; _CutError at a fault."""
+    """Yield ('schema'|'channel'|'message', ...) from mcap files in file order; _CutError at a
+    fault. An uncompressed chunk cut short still gives the messages it holds whole."""
     for file in files:
         data = file.read_bytes()
         if not data.startswith(_MCAP_MAGIC):
             raise _CutError(f"{file.name} is not an mcap file (bad magic)")
         buf = memoryview(data)
-        for opcode, rec in _mcap_records(buf, len(_MCAP_MAGIC), len(buf)):
+        for opcode, rec, whole in _mcap_records(buf, len(_MCAP_MAGIC), len(buf)):
             if opcode in (0x02, 0x0F):  # footer / data end: the data section is over
                 break
             if opcode == 0x06:
+                if len(rec) < 40:
+                    continue  # a chunk header cut short: nothing in it to read
                 compression, pos = _read_str(rec, 28)
                 (size,) = struct.unpack_from("<Q", rec, pos)
                 inner = rec[pos + 8:pos + 8 + size]
-                if compression:
+                if compression and whole:
                     inner = memoryview(_decompress(compression, bytes(inner)))
+                elif compression:
+                    continue  # a compressed chunk cut short cannot be read at all
                 yield from _mcap_items(_mcap_records(inner, 0, len(inner)))
-            else:
-                yield from _mcap_items(((opcode, rec),))
+            elif whole:
+                yield from _mcap_items(((opcode, rec, whole),))
 
 
 def _decompress(compression: str, data: bytes) -> bytes:
@@ -280,7 +291,9 @@ def _decompress(compression: str, data: bytes) -> bytes:
 
 
 def _mcap_items(records):
-    for opcode, rec in records:
+    for opcode, rec, whole in records:
+        if not whole:
+            continue
         if opcode == 0x03:
             (sid,) = struct.unpack_from("<H", rec, 0)
             name, _ = _read_str(rec, 2)
