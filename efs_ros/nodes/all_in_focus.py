@@ -81,6 +81,7 @@ class NodeSettings:
     max_pending_jobs: int = 4
     events_queue_depth: int = 1000
     reliable_inputs: bool = False
+    pipeline_process: bool = True
     input_timeout_s: float = 2.0
     idle_flush_s: float = 1.0
     fault_warn_fraction: float = 0.01
@@ -112,6 +113,9 @@ _DESCRIPTORS = {
     "reliable_inputs": text_param("subscribe with reliable QoS (replays that must not drop a "
                                   "message); default best effort matches every publisher",
                                   read_only=True),
+    "pipeline_process": text_param("run the pipeline in a child process, so that it never "
+                                   "starves the subscription callbacks of the GIL",
+                                   read_only=True),
     "input_timeout_s": float_param("an input silent this long is reported (WARN)", 0.1, 3600.0),
     "idle_flush_s": float_param("all inputs silent this long: finish the jobs that are complete "
                                 "(end of a replay); 0 = never", 0.0, 3600.0),
@@ -156,6 +160,129 @@ class _Counters:
     last_fault: str = ""
 
 
+@dataclass
+class BackendState:
+    """Which inference backend runs the jobs, and why (for /diagnostics)."""
+    name: str = "classical"
+    note: str = ""
+    error: bool = False
+
+
+class PipelineWorker:
+    """Runs jobs with the backend the settings ask for (opened once, reopened on change).
+
+    Lives in the pipeline process: a learned backend's session is not picklable, so the
+    process owns it and only jobs, settings and results cross the boundary.
+    """
+
+    def __init__(self):
+        self._backend = None
+        self._key = None
+        self.state = BackendState()
+
+    def run(self, job, settings: NodeSettings):
+        key = (settings.backend, settings.models_dir)
+        if key != self._key:
+            self._open(*key)
+        if self._backend is None:
+            config = settings.pipeline_config()
+        else:
+            config = settings.pipeline_config(self._backend.refocus, self._backend.merge_weights)
+        t0 = time.perf_counter()
+        result = run_pipeline(job, config)
+        return result, 1e3 * (time.perf_counter() - t0), self.state
+
+    def _open(self, name: str, models_dir: str) -> None:
+        self.close()
+        self._key = (name, models_dir)
+        self.state = BackendState()
+        if name == "classical":
+            return
+        try:
+            from efs_ros.infer import load_backend
+
+            backend = load_backend(name, models_dir or None)
+        except Exception as exc:  # noqa: BLE001 - any failure falls back to the classical path
+            detail = " ".join(str(exc).split())
+            # auto without models is the documented fallback; an explicit request is an error
+            self.state = BackendState("classical",
+                                      f"{name} unavailable ({type(exc).__name__}: {detail})",
+                                      name != "auto" or "ModelLoad" in type(exc).__name__)
+            return
+        self._backend = backend
+        self.state = BackendState(getattr(backend, "name", name))
+
+    def close(self) -> None:
+        if self._backend is not None:
+            try:
+                self._backend.close()
+            except Exception:  # noqa: BLE001 - closing a backend that failed is not news
+                pass
+            self._backend = None
+
+
+_CHILD_WORKER: PipelineWorker | None = None
+
+
+def _run_in_child(job, settings: NodeSettings | None):
+    global _CHILD_WORKER
+    if _CHILD_WORKER is None:
+        _CHILD_WORKER = PipelineWorker()
+    if job is None:  # warm-up
+        return None
+    return _CHILD_WORKER.run(job, settings)
+
+
+class PipelineRunner:
+    """run_pipeline in a child process (default) or in this one.
+
+    Why a process: the pipeline holds the GIL for long stretches of Python, and rclpy takes
+    one message per subscription per executor wake-up, each of which needs the GIL several
+    times; measured at 96x72 with a busy worker thread the node took ~90 messages/s per topic
+    and lost most event packets. In a child process the callbacks keep their own interpreter.
+    A crashed child (BrokenProcessPool) is replaced on the next job.
+    """
+
+    def __init__(self, use_process: bool):
+        self.use_process = use_process
+        self._pool = None
+        self._local = None if use_process else PipelineWorker()
+
+    def _ensure_pool(self):
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: forking a process that runs DDS threads is unsafe
+            self._pool = ProcessPoolExecutor(max_workers=1,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def warm_up(self) -> None:
+        """Start the child and import the pipeline now, not on the first job (~1-2 s)."""
+        if self.use_process:
+            self._ensure_pool().submit(_run_in_child, None, None).result()
+
+    def run(self, job, settings: NodeSettings):
+        if not self.use_process:
+            return self._local.run(job, settings)
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._ensure_pool().submit(_run_in_child, job, settings).result()
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._local is not None:
+            self._local.close()
+
+
 class AllInFocusNode(Node):
     """The live all-in-focus node; constructible in any executor/context (`main()` is thin)."""
 
@@ -184,11 +311,8 @@ class AllInFocusNode(Node):
         self._headers: OrderedDict[int, str] = OrderedDict()
         self._counts = _Counters()
         self._flushed = True
-        self._backend = None
-        self._backend_key = None
-        self._backend_name = "classical"
-        self._backend_note = ""
-        self._backend_error = False
+        self._runner = PipelineRunner(settings.pipeline_process)
+        self._backend = BackendState(note="not opened yet (first job)")
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._started = time.monotonic()
         self._rate_mark = (time.monotonic(), dict(self._counts.received), 0, 0, 0)
@@ -356,6 +480,10 @@ class AllInFocusNode(Node):
     def _work_loop(self) -> None:
         """Collect finished jobs every POLL_S (not per message: a packet costs ~0.3 ms in the
         assembler already) and run them one at a time, newest kept when behind."""
+        try:
+            self._runner.warm_up()
+        except Exception as exc:  # noqa: BLE001 - reported; the first job retries
+            self.get_logger().error(f"pipeline process failed to start: {exc}")
         while True:
             with self._lock:
                 while not self._stop:
@@ -368,10 +496,12 @@ class AllInFocusNode(Node):
                 job = self._jobs.popleft()
                 settings = self._settings
             try:
-                config = self._pipeline_config(settings)
-                t0 = time.perf_counter()
-                result = run_pipeline(job, config)
-                latency_ms = 1e3 * (time.perf_counter() - t0)
+                result, latency_ms, backend = self._runner.run(job, settings)
+                if backend != self._backend:
+                    log = self.get_logger().error if backend.error else self.get_logger().info
+                    log(f"inference backend: {backend.name}"
+                        + (f" ({backend.note})" if backend.note else ""))
+                    self._backend = backend
             except Exception as exc:  # noqa: BLE001 - one bad job must not stop the worker
                 with self._lock:
                     self._counts.jobs_failed += 1
@@ -393,40 +523,6 @@ class AllInFocusNode(Node):
                 self._counts.failed_in_a_row = 0
                 self._counts.latency_ms.append(latency_ms)
                 self._counts.age_ms.append(age_ms)
-
-    def _pipeline_config(self, settings: NodeSettings) -> PipelineConfig:
-        """The pipeline for these settings, loading a learned backend when it changed."""
-        key = (settings.backend, settings.models_dir)
-        if key != self._backend_key:
-            self._open_backend(*key)
-        if self._backend is None:
-            return settings.pipeline_config()
-        return settings.pipeline_config(self._backend.refocus, self._backend.merge_weights)
-
-    def _open_backend(self, name: str, models_dir: str) -> None:
-        if self._backend is not None:
-            try:
-                self._backend.close()
-            except Exception:  # noqa: BLE001 - closing a backend that failed is not news
-                pass
-        self._backend, self._backend_key = None, (name, models_dir)
-        self._backend_name, self._backend_note, self._backend_error = "classical", "", False
-        if name == "classical":
-            return
-        try:
-            from efs_ros.infer import load_backend
-
-            backend = load_backend(name, models_dir or None)
-        except Exception as exc:  # noqa: BLE001 - any failure falls back to the classical path
-            detail = " ".join(str(exc).split())
-            self._backend_note = f"{name} unavailable ({type(exc).__name__}: {detail}); classical"
-            # auto without models is the documented fallback; an explicit request is an error
-            self._backend_error = name != "auto" or "ModelLoad" in type(exc).__name__
-            self.get_logger().warning(f"backend {self._backend_note}")
-            return
-        self._backend = backend
-        self._backend_name = getattr(backend, "name", name)
-        self.get_logger().info(f"inference backend: {self._backend_name}")
 
     def _publish_result(self, job, result) -> None:
         frame_id = self._headers.get(job.stamp_ns, "")
@@ -488,8 +584,8 @@ class AllInFocusNode(Node):
                 "callback_errors": c.callback_errors, "publish_errors": c.publish_errors,
                 "sweeps": st["sweeps"], "sensor_size": st["sensor_size"],
                 "sync_source": st["sync_source"], "sync_drift_ppm": st["sync_drift_ppm"],
-                "backend": self._backend_name, "backend_requested": s.backend,
-                "backend_note": self._backend_note,
+                "backend": self._backend.name, "backend_requested": s.backend,
+                "backend_note": self._backend.note,
                 "method": s.method,
                 **{f"{k}_silent_s": round(v, 2) for k, v in silent.items()},
                 "last_fault": st["last_fault"] or c.last_fault,
@@ -511,9 +607,8 @@ class AllInFocusNode(Node):
         if failed_in_a_row >= FAILED_JOBS_ERROR:
             problems.append((DIAG_ERROR, f"{failed_in_a_row} jobs failed in a row "
                                          f"({values['last_node_fault']})"))
-        if self._backend_error:
-            problems.append((DIAG_ERROR if self._backend_error else DIAG_WARN,
-                             f"backend {self._backend_note}"))
+        if self._backend.error:
+            problems.append((DIAG_ERROR, f"backend {self._backend.note}; running classical"))
         if values["jobs_dropped"] and values["jobs_pending"] >= s.max_pending_jobs:
             problems.append((DIAG_WARN, "worker behind: jobs dropped"))
         if values["buffer_fill"] > 0.9:
@@ -537,11 +632,7 @@ class AllInFocusNode(Node):
             self._work.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=5.0)
-        if self._backend is not None:
-            try:
-                self._backend.close()
-            except Exception:  # noqa: BLE001
-                pass
+        self._runner.close()
         return super().destroy_node()
 
 

@@ -160,19 +160,15 @@ def numpy_to_image_msg(pixels: np.ndarray, encoding: str, header=None, stamp_ns:
 def joint_state_focus(msg, joint: str = FOCUS_JOINT) -> tuple[int, float, float] | None:
     """(stamp_ns, position diopters, velocity diopters/s) of the focus joint, or None.
 
-    A missing velocity reads as NaN (the assembler estimates it from the trend).
+    Same reading as `make eval` (core.sweeps.focus_from_joint_state): a bare single-joint
+    state counts as the focus, a missing velocity reads as NaN.
     """
-    names = list(msg.name)
-    if joint in names:
-        index = names.index(joint)
-    elif len(names) == 0 and len(msg.position) == 1:
-        index = 0
-    else:
+    from efs_ros.core.sweeps import focus_from_joint_state
+
+    focus = focus_from_joint_state(msg.name, msg.position, msg.velocity, joint)
+    if focus is None:
         return None
-    if index >= len(msg.position):
-        return None
-    velocity = float(msg.velocity[index]) if index < len(msg.velocity) else float("nan")
-    return stamp_to_ns(msg.header.stamp), float(msg.position[index]), velocity
+    return stamp_to_ns(msg.header.stamp), focus[0], focus[1]
 
 
 def make_focus_state(stamp_ns: int, position_dpt: float, velocity_dpt_s: float,

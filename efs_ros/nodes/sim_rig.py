@@ -98,7 +98,7 @@ class RigSettings:
     shot_hz: float = 0.1
     leak_hz: float = 0.01
     max_step_dpt: float = 0.05
-    packet_period_ms: float = 1.0
+    packet_period_ms: float = 2.0
     max_delay_ms: float = 5.0
     clock_drift_ppm: float = 0.0
     sensor_time_offset_us: int = 0
