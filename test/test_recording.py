@@ -165,7 +165,8 @@ def test_a_contract_topic_with_another_type_is_an_error(tmp_path):
         conn = writer.add_connection(TOPIC_IMAGE, "std_msgs/msg/String", typestore=store)
         msg = store.types["std_msgs/msg/String"](data="not an image")
         writer.write(conn, 1, store.serialize_cdr(msg, "std_msgs/msg/String"))
-    with pytest.raises(RecordingError, match="has message type std_msgs/msg/String, expected sensor_msgs/msg/Image"):
+    expected = "has message type std_msgs/msg/String, expected sensor_msgs/msg/Image"
+    with pytest.raises(RecordingError, match=expected):
         list(read_recording(tmp_path / "bag"))
 
 

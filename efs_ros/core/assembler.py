@@ -9,8 +9,9 @@ topics interleave:
   sweep, or in none), and once an event packet stamped at least `ready_margin_ms` after that
   sweep's end has arrived (packets are stamped 0..5 ms after their first event, so every
   event of the sweep is then in);
-* the sensor->ROS clock fit for a job uses only packets (and trigger pairs) stamped up to that
-  same readiness time, whatever arrived later (see timesync.py);
+* the sensor->ROS clock fit for a job uses only packets stamped up to that same readiness
+  time, and only trigger pairs of frames up to the job's own, whatever arrived later (see
+  timesync.py);
 * job events are those whose ROS time lies in the sweep, in microseconds relative to the frame.
 
 Memory is bounded. Events live as one numpy chunk per packet; chunks no future job can need
@@ -138,6 +139,7 @@ class JobAssembler:
             self._fault(reason)
             self._reset_state()
             self._reset_stamp = stamp_ns
+            last = None
         elif last is None and self._reset_stamp is not None and stamp_ns > self._reset_stamp + jump:
             # from before the jump, delivered late on a topic that has not jumped yet
             self._counters["stale_messages"] += 1
@@ -360,7 +362,7 @@ class JobAssembler:
         delay = int(5e6)
         if self._first_packet_stamp is not None and self._first_packet_stamp - delay > sweep.start_ns:
             return None, "the event stream starts after the sweep began"
-        fit = self._sync.fit(fit_at_ns)
+        fit = self._sync.fit(fit_at_ns, frame.stamp_ns)
         if fit is None:
             return None, "no clock fit (no events decoded)"
         lo_us = int(np.floor(fit.to_sensor_us(sweep.start_ns))) - 1

@@ -188,7 +188,7 @@ class SyncConfig:
     trigger_match_tol_ms: float = 10.0
     """A trigger pair and a frame are matched when the pair's stamp-estimated middle lies this
     close to the frame stamp; keep it under half the frame period."""
-    min_trigger_span_s: float = 0.2
+    min_trigger_span_s: float = 0.1
     """Below this span of matched pairs, drift comes from the stamp fit, offset from the pairs."""
 
 
@@ -371,8 +371,9 @@ class TriggerClock:
             slope = float(np.clip(slope, NS_PER_US - max_e, NS_PER_US + max_e))
             intercept = float(np.mean(ys - slope * xs))
         else:
+            # too short to see drift: exact at the newest pair (the job's own frame)
             slope = stamp_fit.slope_ns_per_us if stamp_fit else NS_PER_US
-            intercept = float(np.mean(ys - slope * xs))
+            intercept = float(ys[-1] - slope * xs[-1])
         return ClockFit(ref_x, int(y[0]), intercept, slope, "triggers", int(x.size))
 
     def exposure_s(self, stamp_ns: int, slope: float = NS_PER_US) -> float:
@@ -401,10 +402,14 @@ class ClockSync:
         if self.config.use_triggers:
             self.triggers.add_frame(stamp_ns)
 
-    def fit(self, at_ns: int | None = None) -> ClockFit | None:
+    def fit(self, at_ns: int | None = None, frame_ns: int | None = None) -> ClockFit | None:
+        """The fit as of ROS time at_ns; trigger pairs as of frame_ns when given.
+
+        Frames arrive late and on their own topic, so "pairs matched up to at_ns" depends on
+        timing; "pairs up to this frame's" does not (its frame and every earlier one are in)."""
         stamp_fit = self.stamps.fit(at_ns)
         if self.config.use_triggers:
-            trig = self.triggers.fit(at_ns, stamp_fit)
+            trig = self.triggers.fit(at_ns if frame_ns is None else frame_ns, stamp_fit)
             if trig is not None:
                 return trig
         return stamp_fit
