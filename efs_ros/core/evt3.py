@@ -201,13 +201,15 @@ def _join(chunks: list[DecodedChunk]) -> DecodedChunk:
 
 
 def _concat(arrays: list[np.ndarray], dtype) -> np.ndarray:
-    """Concatenate same-dtype structured arrays by slice copies (np.concatenate promotes field by
-    field, several times slower for these packed records)."""
+    """Concatenate same-dtype structured arrays as raw bytes (np.concatenate and slice assignment
+    copy these packed records field by field, several times slower)."""
     out = np.empty(sum(a.size for a in arrays), dtype)
+    raw = out.view(np.uint8)
     start = 0
     for a in arrays:
-        out[start:start + a.size] = a
-        start += a.size
+        stop = start + a.size * dtype.itemsize
+        raw[start:stop] = np.ascontiguousarray(a).view(np.uint8)
+        start = stop
     return out
 
 
@@ -232,10 +234,25 @@ def _state_words(st: Evt3State) -> list[int]:
     return words
 
 
+_RARE_TYPES_MASK = np.uint16(sum(1 << t for t in (0x1, VECT_BASE_X, VECT_12, VECT_8, RESERVED_9,
+                                                  EXT_TRIGGER, 0xB, 0xC, 0xD)))
+"""Word types absent from most packets: one bit test tells whether their handling can be skipped."""
+_VEC_INCREMENT = np.zeros(16, np.int32)
+_VEC_INCREMENT[VECT_12], _VEC_INCREMENT[VECT_8] = 12, 8
+_VEC_BITS = np.zeros(16, np.uint16)
+_VEC_BITS[VECT_12], _VEC_BITS[VECT_8] = 0xFFF, 0xFF
+_MASKS = np.arange(1 << 12)
+_POPCOUNT = np.array([bin(m).count("1") for m in range(1 << 12)], np.int64)
+_HIGHEST_BIT = np.where(_MASKS > 0, np.floor(np.log2(np.maximum(_MASKS, 1))), -4096).astype(np.int32)
+"""Per 12-bit vector mask: number of events, and offset of its last event (very negative if none)."""
+
+
 def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: int, strict: bool):
     """Decode whole words; returns (chunk, state after it, first fault message or None).
 
-    In strict mode with a fault, the chunk returned holds only what precedes the first faulty word.
+    Everything is computed per event word (ADDR_X, VECT_12, VECT_8); vector words are expanded to
+    events only at the end. In strict mode with a fault, the chunk returned holds only what precedes
+    the first faulty word.
     """
     n_words = words.size
     if n_words == 0:
@@ -249,17 +266,29 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
     faults: list[tuple[int, str]] = []
     stats: dict[str, int] = {}
 
-    # ---- unknown and reserved word types: skipped (they set no state) ----
-    if ((_UNKNOWN_TYPES_MASK >> ty) & 1).any():
-        where = np.flatnonzero((_UNKNOWN_TYPES_MASK >> ty) & 1)
-        i = int(where[0])
-        faults.append((i, f"unknown word type 0x{int(ty[i]):X} at word {first_index + i} "
-                          f"(value 0x{int(w[i]):04X}); {where.size} such word(s) skipped"))
-    n_reserved = int(np.count_nonzero(ty == RESERVED_9))
-    if n_reserved:
-        stats["reserved_0x9"] = n_reserved
+    # ---- rare word types: unknown (faults), reserved 0x9 (counted), vectors, triggers ----
+    has_vec = has_trig = False
+    if ((_RARE_TYPES_MASK >> ty) & 1).any():
+        if w.size < 16384:  # one call beats several passes on small packets
+            counts = np.bincount(ty, minlength=16).tolist()
+            has_vec = counts[VECT_BASE_X] + counts[VECT_12] + counts[VECT_8] > 0
+            has_trig = counts[EXT_TRIGGER] > 0
+            n_reserved = counts[RESERVED_9]
+            has_unknown = counts[0x1] + counts[0xB] + counts[0xC] + counts[0xD] > 0
+        else:
+            has_vec = bool(((ty - np.uint16(VECT_BASE_X)) <= 2).any())  # 3, 4, 5 (uint16 wraps below)
+            has_trig = bool((ty == EXT_TRIGGER).any())
+            n_reserved = int(np.count_nonzero(ty == RESERVED_9))
+            has_unknown = bool(((_UNKNOWN_TYPES_MASK >> ty) & 1).any())
+        if n_reserved:
+            stats["reserved_0x9"] = n_reserved
+        if has_unknown:
+            where = np.flatnonzero((_UNKNOWN_TYPES_MASK >> ty) & 1)
+            i = int(where[0])
+            faults.append((i, f"unknown word type 0x{int(ty[i]):X} at word {first_index + i} "
+                              f"(value 0x{int(w[i]):04X}); {where.size} such word(s) skipped"))
 
-    # ---- y: the i-th ADDR_Y value is y_vals[i - 1]; count_y says how many came before a word ----
+    # ---- y: the i-th ADDR_Y value is y_vals[i - 1]; count_y says how many came up to a word ----
     m_y = ty == ADDR_Y
     y_vals = np.compress(m_y, w) & 0x7FF
     count_y = np.add.accumulate(m_y.view(np.uint8), dtype=np.int32)
@@ -283,7 +312,8 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
         else:
             high_full = th_vals + epoch * _HIGH_RANGE if epoch else th_vals
         high = int(th_vals[-1])
-        which_high = np.add.accumulate(is_th.view(np.uint8), dtype=np.int32) - 1
+        which_high = np.add.accumulate(is_th.view(np.uint8), dtype=np.int32).astype(np.intp)
+        which_high -= 1
         t_words = (high_full[which_high] << 12) | ((tw & 0xFFF) * (tw < (TIME_HIGH << 12)))
         if not is_th[0]:  # TIME_LOW words before the first TIME_HIGH ever: time unknown
             t_words[: int(np.argmax(is_th))] = -1
@@ -294,73 +324,71 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
         time_gaps = tw.size > 0
         time = st.time
 
-    # ---- CD events (ADDR_X, and vectors expanded bit by bit), in stream order ----
-    has_vec = bool(((ty[k:] - np.uint16(VECT_BASE_X)) <= 2).any())  # 3, 4, 5 (uint16 wraps below)
+    # ---- event words: ADDR_X, and VECT_12 / VECT_8 with their base x, polarity and bit mask ----
     base_x, vec_p = st.base_x, st.vec_p
-    if not has_vec:
-        src = np.flatnonzero(ty == ADDR_X)
-        events = np.empty(src.size, EVENT_DTYPE)
-        wc = w[src]
-        np.bitwise_and(wc, 0x7FF, out=events["x"])
-        np.take(_P_FROM_WORD_TOP, wc >> 11, out=events["p"], mode="wrap")
+    if has_vec:
+        src, x_c, pol_c, mask_c, base_x, vec_p = _event_words_with_vectors(w, ty, st)
     else:
-        src, x, pol, base_x, vec_p = _expand_vectors(w, ty, st)
-        events = np.empty(src.size, EVENT_DTYPE)
-        events["x"] = x
-        events["p"] = pol
-    no_state = None
-    if src.size:
-        ky = count_y[src] - 1
-        kt = count_t[src] - 1
-        if y_vals.size:
-            np.take(y_vals, ky, out=events["y"], mode="wrap")
-        if t_words.size:
-            np.take(t_words, kt, out=events["t"], mode="wrap")
+        src = np.flatnonzero(ty == ADDR_X)
+        wc = w[src]
+        x_c = wc & 0x7FF
+        pol_c = ((wc >> 10) & 2).astype(np.int8)
+        pol_c -= 1  # bit 11 -> +1 / -1
+        mask_c = None
+    n_c = src.size
+    if n_c:
+        # int32 counts keep the per-word arrays small; indices for take must be intp to be fast
+        ky = count_y[src].astype(np.intp)
+        ky -= 1
+        kt = count_t[src].astype(np.intp)
+        kt -= 1
+        y_c = np.take(y_vals, ky, mode="wrap") if y_vals.size else np.zeros(n_c, np.uint16)
+        t_c = np.take(t_words, kt, mode="wrap") if t_words.size else np.full(n_c, -1, np.int64)
         if ky[0] < 0 or kt[0] < 0 or time_gaps or has_vec:
-            no_state = (ky < 0) | (kt < 0) | (events["t"] < 0)
+            no_state = (ky < 0) | (kt < 0) | (t_c < 0)
             if has_vec:
-                no_state |= x < 0
-            if not no_state.any():
-                no_state = None
-    t_ev = events["t"]
+                no_state |= x_c < 0
+            if no_state.any():
+                bad = np.flatnonzero(no_state)
+                i = int(src[bad[0]])
+                n_bad = bad.size if mask_c is None else int(_POPCOUNT[mask_c[bad]].sum())
+                faults.append((i, f"{n_bad} event(s) before the ADDR_Y/TIME_HIGH/VECT_BASE_X they need, "
+                                  f"dropped (first at word {first_index + i}, type 0x{int(ty[i]):X}, "
+                                  f"value 0x{int(w[i]):04X})"))
+                stats["dropped_events"] = n_bad
+                keep = ~no_state
+                src, x_c, pol_c, y_c, t_c = src[keep], x_c[keep], pol_c[keep], y_c[keep], t_c[keep]
+                mask_c = None if mask_c is None else mask_c[keep]
+    else:
+        y_c = np.zeros(0, np.uint16)
+        t_c = np.zeros(0, np.int64)
 
-    keep = None
-    if no_state is not None:
-        bad = np.flatnonzero(no_state)
-        i = int(src[bad[0]])
-        faults.append((i, f"{bad.size} event(s) before the ADDR_Y/TIME_HIGH/VECT_BASE_X they need, "
-                          f"dropped (first at word {first_index + i}, type 0x{int(ty[i]):X}, "
-                          f"value 0x{int(w[i]):04X})"))
-        keep = ~no_state
+    # ---- outside the sensor: per word for ADDR_X, per event for vectors (after expansion) ----
     x_limit = 2048 if width is None else width
     y_limit = 2048 if height is None else height
-    if src.size and (int(events["x"].max()) >= x_limit or int(events["y"].max()) >= y_limit or has_vec):
-        out_of_range = (x >= x_limit) if has_vec else (events["x"] >= x_limit)
-        out_of_range |= events["y"] >= y_limit
-        if no_state is not None:
-            out_of_range &= keep
-        if out_of_range.any():
-            bad = np.flatnonzero(out_of_range)
-            j = int(bad[0])
-            i = int(src[j])
-            x_bad = int(x[j]) if has_vec else int(events["x"][j])
-            faults.append((i, f"{bad.size} event(s) outside the {width}x{height} sensor, dropped "
-                              f"(first at word {first_index + i}: x={x_bad}, y={int(events['y'][j])}, "
-                              f"type 0x{int(ty[i]):X}, value 0x{int(w[i]):04X})"))
-            keep = ~out_of_range if keep is None else keep & ~out_of_range
-    if keep is not None:
-        stats["dropped_events"] = int(keep.size - np.count_nonzero(keep))
-        events, src = events[keep], src[keep]
-        t_ev = events["t"]
+    vector_range_check = False
+    if src.size:
+        x_last = x_c if mask_c is None else x_c + np.take(_HIGHEST_BIT, mask_c.astype(np.intp))
+        if int(x_last.max()) >= x_limit or int(y_c.max()) >= y_limit:
+            if mask_c is None:
+                out_of_range = (x_c >= x_limit) | (y_c >= y_limit)
+                bad = np.flatnonzero(out_of_range)
+                j = int(bad[0])
+                _range_fault(faults, stats, bad.size, int(src[j]), first_index, int(x_c[j]), int(y_c[j]),
+                             w, ty, width, height)
+                keep = ~out_of_range
+                src, x_c, pol_c, y_c, t_c = src[keep], x_c[keep], pol_c[keep], y_c[keep], t_c[keep]
+            else:
+                vector_range_check = True
 
-    # ---- time order: small backward steps are jitter, larger ones faults (events kept) ----
+    # ---- time order (per event word): small backward steps are jitter, larger ones faults ----
     last_t = st.last_t
-    if t_ev.size:
-        if last_t > t_ev[0] or (t_ev[1:] < t_ev[:-1]).any():
-            prev_t = np.empty(t_ev.size, np.int64)
-            prev_t[0] = max(last_t, int(t_ev[0]))
-            prev_t[1:] = t_ev[:-1]
-            step = prev_t - t_ev
+    if t_c.size:
+        if last_t > t_c[0] or (t_c[1:] < t_c[:-1]).any():
+            prev_t = np.empty(t_c.size, np.int64)
+            prev_t[0] = max(last_t, int(t_c[0]))
+            prev_t[1:] = t_c[:-1]
+            step = prev_t - t_c
             jitter = (step > 0) & (step <= max_jitter)
             if jitter.any():
                 stats["time_jitter"] = int(np.count_nonzero(jitter))
@@ -370,17 +398,45 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
                 i = int(src[j])
                 faults.append((i, f"time went backwards by {int(step[j])} us at word {first_index + i} "
                                   f"(type 0x{int(ty[i]):X}, value 0x{int(w[i]):04X}: "
-                                  f"{int(prev_t[j])} -> {int(t_ev[j])} us); {big.size} backward step(s) "
+                                  f"{int(prev_t[j])} -> {int(t_c[j])} us); {big.size} backward step(s) "
                                   f"over the {max_jitter} us jitter tolerance"))
-        last_t = int(t_ev[-1])
+        last_t = int(t_c[-1])
+
+    # ---- events: one per ADDR_X word, one per set bit of each vector word ----
+    if mask_c is None:
+        events = np.empty(src.size, EVENT_DTYPE)
+        events["t"] = t_c
+        events["x"] = x_c
+        events["y"] = y_c
+        events["p"] = pol_c
+        row = None
+    else:
+        bits = np.unpackbits(mask_c.astype("<u2", copy=False).view(np.uint8), bitorder="little")
+        flat = np.flatnonzero(bits.view(bool))
+        row = flat >> 4
+        x = np.take(x_c, row)
+        x += flat & 15
+        if vector_range_check:
+            out_of_range = (x >= x_limit) | (np.take(y_c, row) >= y_limit)
+            bad = np.flatnonzero(out_of_range)
+            if bad.size:
+                j = int(bad[0])
+                _range_fault(faults, stats, bad.size, int(src[row[j]]), first_index, int(x[j]),
+                             int(y_c[row[j]]), w, ty, width, height)
+                keep = ~out_of_range
+                row, x = row[keep], x[keep]
+        events = np.empty(row.size, EVENT_DTYPE)
+        np.take(t_c, row, out=events["t"])
+        np.take(y_c, row, out=events["y"])
+        np.take(pol_c, row, out=events["p"])
+        events["x"] = x
 
     # ---- external triggers ----
-    m_trig = ty == EXT_TRIGGER
     trig_src = None
-    if m_trig.any():
-        trig_src = np.flatnonzero(m_trig)
+    if has_trig:
+        trig_src = np.flatnonzero(ty == EXT_TRIGGER)
         trig_words = w[trig_src]
-        kt = count_t[trig_src] - 1
+        kt = count_t[trig_src].astype(np.intp) - 1
         trig_t = t_words[kt] if t_words.size else np.full(kt.size, -1, np.int64)
         no_time = (trig_t < 0) | (kt < 0)
         if no_time.any():
@@ -401,7 +457,8 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
         stats["faults"] = len(faults)
         if strict:
             cut_at, first_fault = faults[0]
-            events = events[: int(np.searchsorted(src, cut_at))]
+            words_before = int(np.searchsorted(src, cut_at))
+            events = events[: words_before if row is None else int(np.searchsorted(row, words_before))]
             if trig_src is not None:
                 triggers = triggers[: int(np.searchsorted(trig_src, cut_at))]
     chunk = DecodedChunk(events, triggers, [f[1] for f in faults], n_words, stats)
@@ -410,44 +467,49 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
     return chunk, new_state, first_fault
 
 
-def _expand_vectors(w: np.ndarray, ty: np.ndarray, st: Evt3State):
-    """ADDR_X and VECT_12/VECT_8 words -> one entry per event: (source word, x, polarity, carried
-    base x, carried polarity bit). x < 0 marks vector events with no VECT_BASE_X before them."""
-    m_family = (ty - np.uint16(VECT_BASE_X)) <= 2
+def _range_fault(faults, stats, n_bad, i, first_index, x, y, w, ty, width, height) -> None:
+    faults.append((i, f"{n_bad} event(s) outside the {width}x{height} sensor, dropped "
+                      f"(first at word {first_index + i}: x={x}, y={y}, "
+                      f"type 0x{int(ty[i]):X}, value 0x{int(w[i]):04X})"))
+    stats["dropped_events"] = stats.get("dropped_events", 0) + n_bad
+
+
+def _event_words_with_vectors(w: np.ndarray, ty: np.ndarray, st: Evt3State):
+    """Per event word (ADDR_X, VECT_12, VECT_8): source index, x or vector base x (negative: no
+    VECT_BASE_X yet), polarity, bit mask (1 for ADDR_X); plus the base x / polarity bit to carry."""
+    m_family = (ty - np.uint16(VECT_BASE_X)) <= 2  # VECT_BASE_X, VECT_12, VECT_8 (uint16 wraps below 3)
     wq = np.compress(m_family, w)
     tq = wq >> 12
     is_base = tq == VECT_BASE_X
-    inc = (tq == VECT_12).astype(np.int32) * 12 + (tq == VECT_8).astype(np.int32) * 8
-    inc_incl = np.cumsum(inc, dtype=np.int32)
+    inc = np.take(_VEC_INCREMENT, tq)
+    inc_incl = np.add.accumulate(inc, dtype=np.int32)
     inc_excl = inc_incl - inc
-    base_words = wq[is_base]
+    base_words = np.compress(is_base, wq)
     # Base x of each VECT_BASE_X shifted back by the increments before it: a vector word's base
     # is then origin[its VECT_BASE_X] + its own exclusive increment sum.
-    origin = _prepend(st.base_x, (base_words & 0x7FF).astype(np.int32) - inc_excl[is_base], np.int32)
-    polarity = _prepend(_P_FROM_WORD_TOP[st.vec_p], _P_FROM_WORD_TOP[base_words >> 11], np.int8)
-    which_base = np.cumsum(is_base, dtype=np.int32)
-    is_vec = ~is_base
-    vec_base = origin[which_base[is_vec]] + inc_excl[is_vec]
-    vec_pol = polarity[which_base[is_vec]]
-    vec_words = wq[is_vec]
-    vec_mask = vec_words & np.where((vec_words >> 12) == VECT_12, 0xFFF, 0xFF).astype(np.uint16)
+    origin = _prepend(st.base_x, (base_words & 0x7FF).astype(np.int32) - np.compress(is_base, inc_excl),
+                      np.int32)
+    polarity = _prepend(_P_FROM_WORD_TOP[st.vec_p], np.take(_P_FROM_WORD_TOP, base_words >> 11), np.int8)
+    which_base = np.add.accumulate(is_base.view(np.uint8), dtype=np.int32).astype(np.intp)
+    vec = np.flatnonzero(~is_base)
+    vec_base = np.take(origin, which_base[vec]) + inc_excl[vec]
+    vec_pol = np.take(polarity, which_base[vec])
+    vec_mask = wq[vec] & np.take(_VEC_BITS, tq[vec])
     base_x = int(origin[which_base[-1]] + inc_incl[-1])
     base_x = base_x if base_x >= 0 else _NO_BASE
     vec_p = int(polarity[which_base[-1]] > 0)
 
     src = np.flatnonzero((ty == ADDR_X) | (ty == VECT_12) | (ty == VECT_8))
     wc = w[src]
-    is_v = (wc >> 12) != ADDR_X
+    is_v = np.flatnonzero((wc >> 12) != ADDR_X)
     x_c = (wc & 0x7FF).astype(np.int32)
-    pol_c = _P_FROM_WORD_TOP[wc >> 11]
+    pol_c = ((wc >> 10) & 2).astype(np.int8)
+    pol_c -= 1  # bit 11 -> +1 / -1
     mask_c = np.ones(src.size, np.uint16)
     x_c[is_v] = vec_base
     pol_c[is_v] = vec_pol
     mask_c[is_v] = vec_mask
-    bits = np.unpackbits(mask_c.astype("<u2").view(np.uint8), bitorder="little")
-    flat = np.flatnonzero(bits)
-    row = flat >> 4
-    return src[row], x_c[row] + (flat & 15), pol_c[row], base_x, vec_p
+    return src, x_c, pol_c, mask_c, base_x, vec_p
 
 
 def decode_evt3(data, width: int | None = None, height: int | None = None,
