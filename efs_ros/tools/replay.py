@@ -1,6 +1,6 @@
 """Publish a recorded focal-sweep bag (CONTRACT section 1) live, optionally with /clock.
 
-    efs_replay BAG [--rate R] [--loop] [--clock] [--wait-subscribers N]
+    efs_replay BAG [--rate R] [--loop | --passes N] [--clock] [--wait-subscribers N]
 
 Messages go out in recorded order as the bag's raw CDR bytes (no deserialisation, so an
 EventPacket costs one memcpy whatever its size), paced by the bag's receive times divided by
@@ -79,12 +79,15 @@ class Replayer:
     """Replays one bag through an rclpy node; `run()` blocks until done (or `stop()`)."""
 
     def __init__(self, node, bag: Path, rate: float = 1.0, loop: bool = False,
-                 clock: bool = False, clock_hz: float = 200.0, topics=None):
+                 clock: bool = False, clock_hz: float = 200.0, topics=None,
+                 passes: int | None = None):
         if rate < 0:
             raise ReplayError(f"rate must be >= 0 (0 = as fast as possible), not {rate}")
+        if passes is not None and passes < 1:
+            raise ReplayError(f"passes must be >= 1, not {passes}")
         self.node = node
         self.rate = rate
-        self.loop = loop
+        self.passes = passes if passes is not None else (None if loop else 1)
         self.clock_period_ns = int(1e9 / clock_hz) if clock and clock_hz > 0 else None
         self.reader = open_bag(bag)
         wanted = set(topics) if topics else None
@@ -135,7 +138,7 @@ class Replayer:
         while not self._stop:
             self._play_once()
             self.stats.loops += 1
-            if not self.loop:
+            if self.passes is not None and self.stats.loops >= self.passes:
                 break
         self.stats.wall_seconds = time.monotonic() - wall_start
         return self.stats
@@ -169,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bag", type=Path, help="bag folder or file (mcap or sqlite3)")
     parser.add_argument("--rate", type=float, default=1.0,
                         help="playback speed factor (0 = as fast as possible)")
-    parser.add_argument("--loop", action="store_true", help="start over at the end")
+    parser.add_argument("--loop", action="store_true", help="start over at the end, forever")
+    parser.add_argument("--passes", type=int, default=None, metavar="N",
+                        help="play the bag N times (the clock jumps back between passes)")
     parser.add_argument("--clock", action="store_true",
                         help="publish /clock from the bag's time (for use_sim_time)")
     parser.add_argument("--clock-hz", type=float, default=200.0,
@@ -196,7 +201,7 @@ def main(argv=None) -> int:
     replayer = None
     try:
         replayer = Replayer(node, args.bag, rate=args.rate, loop=args.loop, clock=args.clock,
-                            clock_hz=args.clock_hz, topics=args.topics)
+                            clock_hz=args.clock_hz, topics=args.topics, passes=args.passes)
         if args.wait_subscribers > 0:
             inputs = [t for t in CONTRACT_TOPICS[:3] if t in replayer.publishers]
             if not replayer.wait_for_subscribers(args.wait_subscribers, args.wait_timeout, inputs):
