@@ -52,9 +52,10 @@ class AssemblerConfig:
     """Events held in memory at most (13 bytes each: 16 M is about 210 MB)."""
     max_pending_frames: int = 64
     """Frames waiting for their sweep to end (kept as received, uint8)."""
-    ready_margin_ms: float = 50.0
+    ready_margin_ms: float = 25.0
     """A job waits for a packet stamped this long after its sweep's end: more than the largest
-    transport delay (5 ms) plus half the longest exposure (trigger pairs end there)."""
+    transport delay (5 ms) plus half the longest exposure (the last frame's trigger pair ends
+    there). At the end of a stream, flush() takes what is left (live: when events fall silent)."""
     max_frame_lag_s: float = 1.0
     """Frames may arrive this long after the newest event packet and still find their events."""
     clock_jump_back_ms: float = 100.0
