@@ -119,7 +119,7 @@ def test_reply_framed_by_length_even_with_crlf_inside(emulator, lens):
     raw = 0x0D0A  # the reply's data bytes are exactly "\r\n"
     target = raw_to_dpt(raw, 5.0)
     lens.set_focus(target)
-    assert settle(lens, target) == pytest.approx(target, abs=1e-9)
+    assert settle(lens, target, tol=1e-9) == pytest.approx(target, abs=1e-9)
 
 
 def test_temperature_and_max_current(emulator, lens):

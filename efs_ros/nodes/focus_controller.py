@@ -44,8 +44,11 @@ from efs_ros.nodes.common import (
 DRIVERS = ("sim", "optotune")
 FOCUS_TOPIC = "/lens/focus_state"
 DIAGNOSTICS_TOPIC = "/diagnostics"
-VELOCITY_WINDOW = 5
-"""Readings in the least-squares slope that gives velocity[0] (about 20 ms at 250 Hz)."""
+VELOCITY_WINDOW_S = 0.02
+"""velocity[0] is the least-squares slope of the readings of the last 20 ms (>= 2 readings)."""
+MAX_CATCH_UP_S = 0.05
+"""A loop delayed by a busy host catches up on missed readings for up to this long, so the
+average rate holds; further behind it restarts its schedule rather than burst."""
 MAX_TRANSIENT_ERRORS = 3
 """Consecutive failed cycles (no reply, bad CRC) after which the lens counts as lost."""
 TEMPERATURE_PERIOD_S = 1.0
@@ -179,15 +182,15 @@ class FocusControllerNode(Node):
         if settings.autostart:
             self.start_sweep()
 
-        self._stop_io = threading.Event()
-        self._io_thread = threading.Thread(target=self._io_loop, name="focus_controller_io", daemon=True)
-        self._io_thread.start()
         where = f" on {settings.port}" if settings.driver == "optotune" else ""
         self.get_logger().info(
             f"lens driver '{settings.driver}'{where}, sweep {settings.near_dpt:g} -> "
             f"{settings.far_dpt:g} dpt in {settings.sweep_duration_s:g} s, "
             f"{FOCUS_TOPIC} at {settings.publish_rate_hz:g} Hz, "
             f"{'sweeping' if settings.autostart else 'idle'}")
+        self._stop_io = threading.Event()
+        self._io_thread = threading.Thread(target=self._io_loop, name="focus_controller_io", daemon=True)
+        self._io_thread.start()
 
     # --- parameters -----------------------------------------------------------------------------
     def _coerce_numeric_overrides(self) -> None:
@@ -286,7 +289,7 @@ class FocusControllerNode(Node):
         next_attempt = 0.0
         next_temperature = 0.0
         failures = 0
-        recent: deque[tuple[float, float]] = deque(maxlen=VELOCITY_WINDOW)
+        recent: deque[tuple[float, float]] = deque(maxlen=64)
         next_tick = time.monotonic()
         while not self._stop_io.is_set():
             settings = self._settings
@@ -344,8 +347,8 @@ class FocusControllerNode(Node):
                 self._publish_focus(stamp_ns, position, recent)
             next_tick += period
             delay = next_tick - time.monotonic()
-            if delay < -period:
-                next_tick = time.monotonic()  # fell behind (busy host): resume the schedule, no burst
+            if delay < -MAX_CATCH_UP_S:
+                next_tick = time.monotonic()
             elif delay > 0:
                 self._stop_io.wait(delay)
         if driver is not None:
@@ -353,6 +356,7 @@ class FocusControllerNode(Node):
 
     def _publish_focus(self, stamp_ns: int, position: float, recent: deque) -> None:
         samples = np.asarray(recent, dtype=np.float64)
+        samples = samples[samples[:, 0] >= samples[-1, 0] - VELOCITY_WINDOW_S]
         velocity = slope(samples[:, 0] - samples[-1, 0], samples[:, 1])
         msg = JointState()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)

@@ -1,0 +1,299 @@
+"""focus_controller: waveform math, parameter validation, and the node over real DDS.
+
+The node runs in its own process (`python -m efs_ros.nodes.focus_controller`) against the lens
+emulator served from this process; a probe node here subscribes and calls services, so
+everything between them crosses DDS as it does on a robot.
+"""
+import math
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from efs_ros.core.waveform import TriangleSweep, WaveformError
+from efs_ros.nodes.focus_controller import ControllerSettings, slope, validate_settings
+
+NEAR, FAR, SWEEP_S, DWELL_S = 6.0, 1.5, 0.3, 0.05
+
+
+# --- waveform (no ROS) ------------------------------------------------------------------------
+def test_triangle_sweep_shape():
+    wf = TriangleSweep(NEAR, FAR, SWEEP_S, DWELL_S)
+    assert wf.period_s == pytest.approx(2 * (SWEEP_S + DWELL_S))
+    t = np.linspace(0, 3 * wf.period_s, 30001)
+    v = wf.vergence_at(t)
+    assert v.max() == pytest.approx(NEAR) and v.min() == pytest.approx(FAR)
+    # velocity is the derivative of vergence away from the corners
+    mid = (t[1:] + t[:-1]) / 2
+    numeric = np.diff(v) / np.diff(t)
+    edges = [SWEEP_S, SWEEP_S + DWELL_S, 2 * SWEEP_S + DWELL_S]
+    segment = np.searchsorted(edges, np.mod(t, wf.period_s), side="right") + 4 * np.floor(t / wf.period_s)
+    smooth = segment[1:] == segment[:-1]  # intervals without a corner inside
+    assert smooth.mean() > 0.99
+    assert np.allclose(numeric[smooth], wf.velocity_at(mid[smooth]), atol=1e-6)
+    assert wf.velocity_at(0.1) == pytest.approx((FAR - NEAR) / SWEEP_S)
+    assert wf.velocity_at(SWEEP_S + DWELL_S / 2) == 0.0
+    assert wf.vergence_at(SWEEP_S + DWELL_S / 2) == pytest.approx(FAR)
+    assert wf.velocity_at(SWEEP_S + DWELL_S + 0.1) == pytest.approx((NEAR - FAR) / SWEEP_S)
+
+
+def test_time_of_inverts_vergence_at():
+    wf = TriangleSweep(NEAR, FAR, SWEEP_S, DWELL_S)
+    for heading_far in (True, False):
+        for v in np.linspace(FAR, NEAR, 7):
+            t = wf.time_of(v, heading_far)
+            assert wf.vergence_at(t) == pytest.approx(v)
+            assert wf.heading_far_at(t + 1e-6) == heading_far or v in (FAR, NEAR)
+    assert wf.vergence_at(wf.time_of(100.0, True)) == pytest.approx(NEAR)  # clipped to the range
+
+
+def test_waveform_rejects_bad_values():
+    with pytest.raises(WaveformError, match="sweep_duration_s"):
+        TriangleSweep(NEAR, FAR, 0.0)
+    with pytest.raises(WaveformError, match="equal"):
+        TriangleSweep(2.0, 2.0, 1.0)
+    with pytest.raises(WaveformError, match="finite"):
+        TriangleSweep(math.nan, FAR, 1.0)
+
+
+def test_validate_settings_reasons():
+    assert validate_settings(ControllerSettings()) is None
+    assert "near_dpt" in validate_settings(ControllerSettings(near_dpt=0.2, far_dpt=2.0))
+    assert "driver" in validate_settings(ControllerSettings(driver="canon"))
+    assert "port" in validate_settings(ControllerSettings(driver="optotune", port=""))
+    assert "samples per sweep" in validate_settings(ControllerSettings(sweep_duration_s=0.01))
+
+
+def test_slope_is_least_squares():
+    t = np.array([0.0, 0.004, 0.008, 0.012])
+    assert slope(t, 3.0 - 15.0 * t) == pytest.approx(-15.0)
+    assert slope(t[:1], t[:1]) == 0.0
+
+
+# --- the node over DDS ------------------------------------------------------------------------
+class Probe:
+    """A node in this process (own context) that records what focus_controller publishes."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import JointState
+
+        from efs_ros.nodes.common import qos, stamp_to_ns
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("focus_probe", context=self.context)
+        self.lock = threading.Lock()
+        self.focus = []  # (arrival monotonic s, stamp ns, name list, position, velocity)
+        self.diagnostics = []  # (arrival monotonic s, level int, message)
+
+        def on_focus(msg):
+            row = (time.monotonic(), stamp_to_ns(msg.header.stamp), list(msg.name),
+                   msg.position[0], msg.velocity[0])
+            with self.lock:
+                self.focus.append(row)
+
+        def on_diag(msg):
+            with self.lock:
+                for s in msg.status:
+                    if s.name.startswith("focus_controller"):
+                        self.diagnostics.append((time.monotonic(), s.level[0], s.message))
+
+        self.node.create_subscription(JointState, "/lens/focus_state", on_focus, qos(depth=200))
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, qos(depth=20))
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def focus_since(self, t0):
+        with self.lock:
+            return [row for row in self.focus if row[0] >= t0]
+
+    def window(self, seconds):
+        """Focus messages that arrive during the next `seconds`."""
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        return [row for row in self.focus_since(t0) if row[0] < t0 + seconds]
+
+    def wait_for(self, predicate, timeout, what):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return
+            time.sleep(0.02)
+        pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+    def call(self, srv_type, name, request, timeout=10.0):
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                pytest.fail(f"service {name} not available")
+            future = client.call_async(request)
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            if not done.wait(timeout):
+                pytest.fail(f"no response from {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    from efs_ros.lens.emulator import LensDriverEmulator
+
+    folder = tmp_path_factory.mktemp("focus_controller")
+    emulator = LensDriverEmulator(folder / "lens0", time_constant_s=0.003).start()
+    log = open(folder / "node.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "efs_ros.nodes.focus_controller", "--ros-args",
+         "-p", "driver:=optotune", "-p", f"port:={emulator.path}",
+         "-p", f"near_dpt:={NEAR}", "-p", f"far_dpt:={FAR}", "-p", f"sweep_duration_s:={SWEEP_S}",
+         "-p", f"dwell_s:={DWELL_S}", "-p", "publish_rate_hz:=250", "-p", "reconnect_period_s:=0.2",
+         "-p", "diagnostics_period_s:=0.2", "-p", "serial_timeout_s:=0.2"],
+        stdout=log, stderr=subprocess.STDOUT)
+    probe = Probe()
+    try:
+        probe.wait_for(lambda: len(probe.focus) > 50 or proc.poll() is not None, 30.0,
+                       "the first /lens/focus_state messages")
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"focus_controller exited with {proc.returncode}:\n{log.read()}")
+        yield emulator, proc, probe
+    finally:
+        probe.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        emulator.stop()
+        log.seek(0)
+        print(log.read())
+        log.close()
+
+
+@pytest.fixture
+def sweeping(rig):
+    """Each node test starts with the lens plugged in and sweeping, whatever the last one left."""
+    from std_srvs.srv import Trigger
+
+    emulator, proc, probe = rig
+    if not emulator.plugged:
+        emulator.replug()
+    assert probe.call(Trigger, "/focus_controller/start", Trigger.Request()).success
+    return rig
+
+
+def turning_points(position):
+    """Indices where the direction of motion reverses (plateaus skipped)."""
+    steps = np.diff(position)
+    moving = np.flatnonzero(np.abs(steps) > 1e-9)
+    signs = np.sign(steps[moving])
+    return moving[np.flatnonzero(signs[1:] != signs[:-1]) + 1]
+
+
+def test_focus_state_stream(sweeping):
+    emulator, proc, probe = sweeping
+    rows = probe.window(2.0)
+    assert len(rows) > 150 * 2.0, f"{len(rows) / 2.0:.0f} Hz"  # contract: >= 200 Hz, checked loosely
+    assert all(row[2] == ["focus"] for row in rows)
+    stamps = np.array([row[1] for row in rows])
+    assert np.all(np.diff(stamps) > 0)
+    position = np.array([row[3] for row in rows])
+    velocity = np.array([row[4] for row in rows])
+    assert position.max() == pytest.approx(NEAR, abs=0.05)
+    assert position.min() == pytest.approx(FAR, abs=0.05)
+    # Monotonic between turning points, and the lens turns only at the ends of the range.
+    turns = turning_points(position)
+    assert len(turns) >= 4  # 2 s holds several 0.35 s sweeps
+    for i in turns:
+        assert min(abs(position[i] - NEAR), abs(position[i] - FAR)) < 0.1, position[i - 3:i + 3]
+    # Mid-sweep velocity is the sweep rate, with the sign of the motion.
+    rate = (NEAR - FAR) / SWEEP_S
+    mid = np.abs(position - (NEAR + FAR) / 2) < 0.25 * (NEAR - FAR)
+    direction = np.sign(np.gradient(position))[mid]
+    assert np.median(np.abs(velocity[mid])) == pytest.approx(rate, rel=0.1)
+    assert np.all(np.sign(velocity[mid]) == direction)
+    assert proc.poll() is None
+
+
+def test_stop_and_start_services(sweeping):
+    from std_srvs.srv import Trigger
+
+    emulator, proc, probe = sweeping
+    reply = probe.call(Trigger, "/focus_controller/stop", Trigger.Request())
+    assert reply.success and "stopped" in reply.message
+    time.sleep(0.1)  # let the lens settle on the held value
+    held = probe.window(0.5)
+    assert len(held) > 20
+    position = np.array([row[3] for row in held])
+    assert np.ptp(position) < 0.01
+    assert FAR - 0.05 <= position.mean() <= NEAR + 0.05
+    assert np.abs([row[4] for row in held]).max() < 0.5
+    reply = probe.call(Trigger, "/focus_controller/start", Trigger.Request())
+    assert reply.success and "started" in reply.message
+    moving = np.array([row[3] for row in probe.window(0.5)])
+    assert np.ptp(moving) > 1.0
+    # Restarting continues from the held value: no jump bigger than one sample of a sweep.
+    first = moving[0]
+    assert abs(first - position[-1]) < 0.2
+
+
+def test_parameters_validated_and_applied_live(sweeping):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    emulator, proc, probe = sweeping
+
+    def set_double(name, value):
+        request = SetParameters.Request(parameters=[Parameter(
+            name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value))])
+        return probe.call(SetParameters, "/focus_controller/set_parameters", request).results[0]
+
+    bad = set_double("near_dpt", 0.5)  # nearer than far_dpt = 1.5 dpt is backwards
+    assert not bad.successful and "near_dpt" in bad.reason
+    slow = set_double("publish_rate_hz", 50.0)  # below the contract's 200 Hz: the descriptor's range
+    assert not slow.successful and slow.reason
+    faster = SWEEP_S / 2
+    assert set_double("sweep_duration_s", faster).successful
+    try:
+        time.sleep(0.2)
+        rows = probe.window(1.0)
+    finally:
+        assert set_double("sweep_duration_s", SWEEP_S).successful
+    position = np.array([row[3] for row in rows])
+    velocity = np.array([row[4] for row in rows])
+    mid = np.abs(position - (NEAR + FAR) / 2) < 0.25 * (NEAR - FAR)
+    assert mid.sum() > 10
+    assert np.median(np.abs(velocity[mid])) == pytest.approx((NEAR - FAR) / faster, rel=0.1)
+
+
+def test_unplug_reports_error_and_replug_recovers(sweeping):
+    emulator, proc, probe = sweeping
+    emulator.unplug()
+    t_unplug = time.monotonic()
+    probe.wait_for(lambda: any(t > t_unplug and level == 2 for t, level, _ in probe.diagnostics), 10.0,
+                   "an ERROR diagnostic after unplugging")
+    time.sleep(0.2)
+    assert probe.window(0.5) == []  # no focus state without a lens
+    assert proc.poll() is None
+    emulator.replug()
+    t_replug = time.monotonic()
+    probe.wait_for(lambda: any(t > t_replug and level == 0 for t, level, _ in probe.diagnostics), 10.0,
+                   "an OK diagnostic after replugging")
+    probe.wait_for(lambda: len(probe.focus_since(t_replug)) > 50, 10.0, "focus state after replugging")
+    assert np.ptp([row[3] for row in probe.window(0.5)]) > 1.0  # sweeping again
+    assert proc.poll() is None
