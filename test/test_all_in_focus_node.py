@@ -1,0 +1,165 @@
+"""The live all_in_focus node: parameters, and over real DDS with the simulated rig and the
+focus controller in their own processes: sharper than its input, and unshaken by bad input."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.parameter import Parameter
+from test_sim_rig import Listener, NodeProcess, diagnostics_item, image_item, latest_status
+
+from efs_ros.core.metrics import psnr
+from efs_ros.nodes.convert import make_event_packet, make_focus_state, numpy_to_image_msg
+
+SIZE = {"width": 96, "height": 72}
+STATUS = "all_in_focus: pipeline"
+
+
+@pytest.fixture
+def node():
+    from efs_ros.nodes.all_in_focus import AllInFocusNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    instance = AllInFocusNode(context=context, parameter_overrides=[
+        Parameter("backend", value="classical"), Parameter("pipeline_process", value=False),
+        Parameter("threshold", value=1)])  # an integer for a double parameter is accepted
+    yield instance
+    instance.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+def test_parameters_are_validated_and_applied(node):
+    assert node.settings.threshold == 1.0
+    for name, value, reason in (("method", "bogus", "method must be one of"),
+                                ("backend", "cuda", "backend must be one of"),
+                                ("n_bins", 1, "out of range"),
+                                ("max_pending_jobs", 0, "out of range")):
+        result = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not result.successful and reason in result.reason, (name, result.reason)
+    assert node.settings.method == "dense"
+    result = node.set_parameters([Parameter("method", value="golden"),
+                                  Parameter("n_bins", value=64),
+                                  Parameter("max_pending_jobs", value=2)])
+    assert all(r.successful for r in result)
+    assert (node.settings.method, node.settings.n_bins, node.settings.max_pending_jobs) == \
+        ("golden", 64, 2)
+    events_depth = node.set_parameters([Parameter("events_queue_depth", value=5)])[0]
+    assert not events_depth.successful  # read-only: fixed when the subscription was made
+
+
+def test_status_reports_silent_inputs(node):
+    node.set_parameters([Parameter("input_timeout_s", value=0.1)])
+    time.sleep(0.2)
+    level, message, values = node.status()
+    assert level == bytes([1]) and "silent" in message
+    assert values["backend_requested"] == "classical" and values["jobs_done"] == 0
+
+
+# --------------------------------------------------------------------------- live graph
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    """Focus controller (sim lens) -> sim_rig -> all_in_focus, three processes, and a listener
+    for the outputs, the rig's frames and ground truth, and /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    logs = tmp_path_factory.mktemp("node_logs")
+    procs = [
+        NodeProcess("efs_ros.nodes.focus_controller", log_dir=logs),
+        NodeProcess("efs_ros.nodes.sim_rig", {**SIZE, "frame_rate_hz": 5.0,
+                                              "max_blur_radius_px": 4.0}, log_dir=logs),
+        NodeProcess("efs_ros.nodes.all_in_focus", {"backend": "classical",
+                                                   "max_pending_jobs": 8}, log_dir=logs),
+    ]
+    listener = Listener()
+    for topic in ("/efs/all_in_focus", "/camera/image_raw", "/ground_truth/all_in_focus"):
+        listener.listen(Image, topic, image_item, None)
+    listener.listen(Image, "/efs/depth", image_item, None)
+    listener.listen(DiagnosticArray, "/diagnostics", diagnostics_item, None)
+    listener.start()
+    yield procs, listener
+    listener.close()
+    for p in procs:
+        p.stop()
+
+
+def _outputs(listener) -> dict:
+    return {s: px for s, px, *_ in listener.items("/efs/all_in_focus")}
+
+
+def test_live_outputs_are_sharper_than_the_input_frames(graph):
+    procs, listener = graph
+    assert listener.wait_until(lambda: len(_outputs(listener)) >= 8, 90), \
+        "\n".join(p.log(15) for p in procs)
+    frames = {s: px for s, px, *_ in listener.items("/camera/image_raw")}
+    truth = {s: px for s, px, *_ in listener.items("/ground_truth/all_in_focus")}
+    depth = {s: px for s, px, *_ in listener.items("/efs/depth")}
+    scores = []
+    for stamp, out in _outputs(listener).items():
+        # same size, encoding and stamp as the input frame it was made from
+        assert stamp in frames and out.shape == frames[stamp].shape == (72, 96, 3)
+        gt = truth[stamp] / 255.0
+        scores.append((psnr(frames[stamp] / 255.0, gt), psnr(out / 255.0, gt)))
+    scores = np.array(scores)
+    assert scores[:, 1].mean() > scores[:, 0].mean() + 0.5, scores.round(1).tolist()
+    some_depth = next(iter(depth.values()))
+    finite = some_depth[np.isfinite(some_depth)]
+    assert some_depth.dtype == np.float32 and finite.size > 0.2 * some_depth.size
+    assert np.median(finite) == pytest.approx(1.0, rel=0.8)  # the scene spans 0.3..2 m
+    status = latest_status(listener, STATUS)
+    assert status["backend"] == "classical" and int(status["jobs_done"]) >= 8
+
+
+def test_bad_input_is_counted_and_output_continues(graph):
+    from event_camera_msgs.msg import EventPacket
+    from sensor_msgs.msg import Image, JointState
+
+    procs, listener = graph
+    assert listener.wait_until(lambda: len(_outputs(listener)) >= 2, 90), procs[2].log()
+    rng = np.random.default_rng(11)
+    node = listener.node
+    events = node.create_publisher(EventPacket, "/event_camera/events", 100)
+    frames = node.create_publisher(Image, "/camera/image_raw", 100)
+    focus = node.create_publisher(JointState, "/lens/focus_state", 100)
+    assert listener.wait_until(lambda: events.get_subscription_count() >= 2
+                               and frames.get_subscription_count() >= 1, 10)
+    time.sleep(0.5)
+    before = latest_status(listener, STATUS)
+    n_outputs = len(_outputs(listener))
+    now = node.get_clock().now().nanoseconds
+    for k in range(20):  # garbage EVT3 bytes, odd lengths included
+        data = rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8)
+        events.publish(make_event_packet(now + k, data, SIZE["width"], SIZE["height"], 0))
+    for k in range(6):  # a wrong encoding string
+        events.publish(make_event_packet(now + k, b"\x00" * 64, SIZE["width"], SIZE["height"],
+                                         0, encoding="evt2.1"))
+    for k in range(4):  # frames of the wrong size, and of an unknown encoding
+        frames.publish(numpy_to_image_msg(np.zeros((48, 64, 3), np.uint8), "rgb8",
+                                          stamp_ns=now + k))
+        bad = numpy_to_image_msg(np.zeros((72, 96), np.uint8), "mono8", stamp_ns=now + 10 + k)
+        bad.encoding = "yuv422"
+        frames.publish(bad)
+    for k in range(5):  # a lens state without the focus joint
+        msg = make_focus_state(now + k, 2.0, 0.0)
+        msg.name = ["zoom"]
+        focus.publish(msg)
+
+    def counted():
+        st = latest_status(listener, STATUS)
+        return st is not None and \
+            int(st["decode_faults"]) > int(before["decode_faults"]) and \
+            int(st["packets_rejected"]) >= int(before["packets_rejected"]) + 6 and \
+            int(st["frames_rejected"]) >= int(before["frames_rejected"]) + 8 and \
+            int(st["focus_rejected"]) >= int(before["focus_rejected"]) + 5
+    assert listener.wait_until(counted, 15), latest_status(listener, STATUS)
+    levels = {int(statuses[STATUS]["level"]) for _, statuses, _ in listener.items("/diagnostics")
+              if STATUS in statuses}
+    assert levels & {1, 2}, "bad input never raised the level above OK"
+    # and the node keeps producing all-in-focus images from the good stream
+    assert listener.wait_until(lambda: len(_outputs(listener)) >= n_outputs + 3, 60), \
+        (latest_status(listener, STATUS), procs[2].log())
+    assert procs[2].proc.poll() is None
