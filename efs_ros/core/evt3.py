@@ -180,7 +180,7 @@ class Evt3Decoder:
         chunk = _empty_chunk()
         if st.pending:
             message = (f"truncated data: {len(st.pending)} trailing byte (0x{st.pending[0]:02X}) "
-                       f"after word {st.words - 1} is not a whole 16-bit word")
+                       f"after {st.words} whole word(s) is not a whole 16-bit word")
             if strict:
                 raise Evt3Error(message, chunk)
             chunk.faults.append(message)
@@ -606,6 +606,8 @@ def _encode(enc: Evt3Encoder, ev: np.ndarray, t_ev: np.ndarray, tr: np.ndarray) 
     """Word layout per item (event or trigger), in time order:
     [keep-alive TIME_HIGHs] [TIME_HIGH] [TIME_LOW] then ADDR_Y? + (ADDR_X | VECT_BASE_X + vectors)
     for an event, EXT_TRIGGER for a trigger. Triggers go before events of the same microsecond.
+    Every step is a pass over all items: word counts per item, their cumulative sum gives each
+    item's first word, and each kind of word is scattered to its place.
     """
     ne, nt = ev.size, tr.size
     n = ne + nt
@@ -613,12 +615,11 @@ def _encode(enc: Evt3Encoder, ev: np.ndarray, t_ev: np.ndarray, tr: np.ndarray) 
         slot = np.searchsorted(t_ev, tr["t"], side="left") + np.arange(nt)
         is_trig = np.zeros(n, bool)
         is_trig[slot] = True
-        is_event = ~is_trig
+        event_slot = np.flatnonzero(~is_trig)
         t_all = np.empty(n, np.int64)
         t_all[slot] = tr["t"]
-        t_all[is_event] = t_ev
+        t_all[event_slot] = t_ev
     else:
-        is_trig = None
         t_all = t_ev
 
     # Time words: when the time changes; TIME_HIGH when its 4096 us block changes; keep-alives
@@ -630,79 +631,89 @@ def _encode(enc: Evt3Encoder, ev: np.ndarray, t_ev: np.ndarray, tr: np.ndarray) 
     if not enc._have_time:
         new_time[0] = new_high[0] = True
     new_time |= new_high
+    words_per_item = new_high.astype(np.int64)
+    words_per_item += new_time
     gap = t_all - prev_t
-    n_keep = np.where(gap > _KEEPALIVE_US, (gap - 1) // _KEEPALIVE_US, 0)
-    words_per_item = n_keep + new_high + new_time
+    keep_alive = np.flatnonzero(gap > _KEEPALIVE_US)
+    n_keep = (gap[keep_alive] - 1) // _KEEPALIVE_US
+    words_per_item[keep_alive] += n_keep
 
     # Events: ADDR_Y when y changes, then ADDR_X, or one vector run per VECT_BASE_X.
-    x = ev["x"].astype(np.int64)
-    y = ev["y"].astype(np.int64)
-    pbit = (ev["p"] > 0).astype(np.int64)
-    new_y = y != _prepend(enc._y, y[:-1], np.int64)
+    x = ev["x"].astype(np.int32)
+    y = ev["y"].astype(np.int32)
+    pbit = (ev["p"] > 0).astype(np.int32)
+    new_y = y != _prepend(enc._y, y[:-1], np.int32)
+    vec = None
     if enc.vectorize and ne > 1:
         dx = x[1:] - x[:-1]
         same = (t_ev[1:] == t_ev[:-1]) & (y[1:] == y[:-1]) & (pbit[1:] == pbit[:-1]) & (dx > 0) & (dx < 12)
-        run_head = np.ones(ne, bool)
-        run_head[1:] = ~same
-        heads = np.flatnonzero(run_head)
-        run_len = np.diff(np.append(heads, ne))
-        run_of = np.cumsum(run_head) - 1
-        offset = x - x[heads][run_of]
-        block = offset // 12
-        last = heads + run_len - 1
-        n_blocks = block[last] + 1
-        is_vec_run = (run_len >= 2) & (n_blocks + 1 <= run_len)
-        in_vec = is_vec_run[run_of]
-        ev_words = np.where(in_vec, 0, 1)
-        ev_words[heads[is_vec_run]] = 1 + n_blocks[is_vec_run]
+        if same.any():
+            run_head = np.ones(ne, bool)
+            run_head[1:] = ~same
+            heads = np.flatnonzero(run_head)
+            run_len = np.diff(np.append(heads, ne))
+            run_of = np.cumsum(run_head, dtype=np.int32).astype(np.intp)
+            run_of -= 1
+            offset = x - x[heads][run_of]
+            block = offset // 12
+            n_blocks = block[heads + run_len - 1] + 1
+            is_vec_run = (run_len >= 2) & (n_blocks + 1 <= run_len)
+            in_vec = is_vec_run[run_of]
+            vec = np.flatnonzero(in_vec)
+    ev_words = np.ones(ne, np.int64) if vec is None or vec.size == 0 else (~in_vec).astype(np.int64)
+    if vec is not None and vec.size:
+        vec_heads = heads[is_vec_run]
+        blocks_per_run = n_blocks[is_vec_run]
+        ev_words[vec_heads] = 1 + blocks_per_run
     else:
-        in_vec = None
-        ev_words = np.ones(ne, np.int64)
+        vec = None
     ev_words += new_y
     if nt:
-        words_per_item[is_event] += ev_words
-        words_per_item[is_trig] += 1
+        words_per_item[event_slot] += ev_words
+        words_per_item[slot] += 1
     else:
         words_per_item += ev_words
 
-    total = int(words_per_item.sum())
-    out = np.empty(total, np.uint16)
-    cursor = np.cumsum(words_per_item) - words_per_item
-    if n_keep.any():
-        items = np.flatnonzero(n_keep)
-        counts = n_keep[items]
-        step = _ramp(counts)
-        times = np.repeat(prev_t[items], counts) + (step + 1) * _KEEPALIVE_US
-        out[np.repeat(cursor[items], counts) + step] = (TIME_HIGH << 12) | ((times >> 12) & 0xFFF)
-        cursor = cursor + n_keep
-    out[cursor[new_high]] = (TIME_HIGH << 12) | (high[new_high] & 0xFFF)
-    cursor = cursor + new_high
-    out[cursor[new_time]] = (TIME_LOW << 12) | (t_all[new_time] & 0xFFF)
-    cursor = cursor + new_time
+    cursor = np.cumsum(words_per_item)
+    out = np.empty(int(cursor[-1]) if n else 0, np.uint16)
+    cursor -= words_per_item
+    if keep_alive.size:
+        step = _ramp(n_keep)
+        times = np.repeat(prev_t[keep_alive], n_keep) + (step + 1) * _KEEPALIVE_US
+        out[np.repeat(cursor[keep_alive], n_keep) + step] = (TIME_HIGH << 12) | ((times >> 12) & 0xFFF)
+        cursor[keep_alive] += n_keep
+    i = np.flatnonzero(new_high)
+    out[cursor[i]] = (TIME_HIGH << 12) | (high[i] & 0xFFF)
+    cursor += new_high
+    i = np.flatnonzero(new_time)
+    out[cursor[i]] = (TIME_LOW << 12) | (t_all[i] & 0xFFF)
+    cursor += new_time
     if nt:
-        out[cursor[is_trig]] = (EXT_TRIGGER << 12) | (tr["channel"].astype(np.int64) << 8) | tr["value"]
-        cursor = cursor[is_event]
-    out[cursor[new_y]] = (ADDR_Y << 12) | y[new_y]
-    cursor = cursor + new_y
-    if in_vec is None or not in_vec.any():
-        out[cursor] = (ADDR_X << 12) | (pbit << 11) | x
+        out[cursor[slot]] = (EXT_TRIGGER << 12) | (tr["channel"].astype(np.int32) << 8) | tr["value"]
+        cursor = cursor[event_slot]
+    i = np.flatnonzero(new_y)
+    out[cursor[i]] = (ADDR_Y << 12) | y[i]
+    cursor += new_y
+    address = (pbit << 11) | x
+    if vec is None:
+        out[cursor] = (ADDR_X << 12) | address
     else:
-        plain = ~in_vec
-        out[cursor[plain]] = (ADDR_X << 12) | (pbit[plain] << 11) | x[plain]
-        vheads = heads[is_vec_run]
-        out[cursor[vheads]] = (VECT_BASE_X << 12) | (pbit[vheads] << 11) | x[vheads]
-        # One vector word per 12-wide block of each run; masks summed from the events' bits.
-        blocks_per_run = n_blocks[is_vec_run]
+        i = np.flatnonzero(~in_vec)
+        out[cursor[i]] = (ADDR_X << 12) | address[i]
+        out[cursor[vec_heads]] = (VECT_BASE_X << 12) | address[vec_heads]
+        # One vector word per 12-wide block of each run: OR of its events' bits (distinct x).
         first_block = np.cumsum(blocks_per_run) - blocks_per_run
-        run_rank = np.cumsum(is_vec_run) - 1
-        global_block = (first_block[run_rank[run_of[in_vec]]] + block[in_vec])
-        bit = offset[in_vec] - 12 * block[in_vec]
-        masks = np.bincount(global_block, weights=np.left_shift(1, bit), minlength=int(blocks_per_run.sum()))
-        masks = masks.astype(np.int64)
-        last_fits_8 = (offset[last[is_vec_run]] - 12 * (blocks_per_run - 1)) < 8
-        block_type = np.full(masks.size, VECT_12 << 12, np.int64)
-        block_type[first_block + blocks_per_run - 1] = np.where(last_fits_8, VECT_8 << 12, VECT_12 << 12)
-        block_pos = np.repeat(cursor[vheads] + 1, blocks_per_run) + _ramp(blocks_per_run)
+        run_rank = np.cumsum(is_vec_run, dtype=np.int32).astype(np.intp)
+        run_rank -= 1
+        global_block = first_block[run_rank[run_of[vec]]] + block[vec]
+        bits = np.left_shift(1, offset[vec] - 12 * block[vec])
+        block_start = np.flatnonzero(np.diff(global_block, prepend=-1))
+        masks = np.bitwise_or.reduceat(bits, block_start)
+        last_block = first_block + blocks_per_run - 1
+        last_fits_8 = masks[last_block] < (1 << 8)
+        block_type = np.full(masks.size, VECT_12 << 12, np.int32)
+        block_type[last_block[last_fits_8]] = VECT_8 << 12
+        block_pos = np.repeat(cursor[vec_heads] + 1, blocks_per_run) + _ramp(blocks_per_run)
         out[block_pos] = block_type | masks
 
     enc._t = int(t_all[-1])
