@@ -20,6 +20,21 @@ log = logging.getLogger("efs_ros.infer")
 NET_CHANNELS = 3
 
 
+def check_trained_response(models_dir=None) -> str | None:
+    """Warn (and return the message) when the pipeline maps frames through another sensor
+    response than the nets were trained with: their inputs would be off-distribution."""
+    from efs_ros.nets.checkpoint import read_manifest
+    from efs_ros.nets.data import pipeline_response, response_spec
+
+    trained = read_manifest(models_dir).get("info", {}).get("response")
+    now = response_spec(pipeline_response())
+    if trained is None or trained == now:
+        return None
+    msg = f"nets were trained with sensor response {trained}, the pipeline now uses {now}; retrain"
+    log.warning(msg)
+    return msg
+
+
 class BackendUnavailableError(RuntimeError):
     """The backend's runtime, device or model files are not usable on this machine."""
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from efs_ros.infer.base import BackendUnavailableError, InferenceBackend
+from efs_ros.infer.base import BackendUnavailableError, InferenceBackend, check_trained_response
 from efs_ros.nets.checkpoint import onnx_bytes
 
 
@@ -51,6 +51,7 @@ class OnnxRuntimeBackend(InferenceBackend):
             data, _ = onnx_bytes(net, models_dir)  # raises ModelLoadError on a bad checksum
             sess = ort.InferenceSession(data, sess_options=opts, providers=providers)
             self.sessions[net] = (sess, [i.name for i in sess.get_inputs()])
+        self.response_warning = check_trained_response(models_dir)
 
     def _run(self, net: str, *arrays: np.ndarray) -> np.ndarray:
         sess, names = self.sessions[net]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from efs_ros.infer.base import NET_CHANNELS, BackendUnavailableError, InferenceBackend
+from efs_ros.infer.base import NET_CHANNELS, BackendUnavailableError, InferenceBackend, check_trained_response
 from efs_ros.infer.engine_cache import CacheOutcome, EngineCache
 from efs_ros.nets.checkpoint import onnx_bytes
 from efs_ros.nets.models import N_BINS, SIZE_MULTIPLE
@@ -98,6 +98,7 @@ class TensorRTBackend(InferenceBackend):
             if ctx is None:
                 raise BackendUnavailableError(f"tensorrt: cannot create an execution context for {net}")
             self.contexts[net] = ctx
+        self.response_warning = check_trained_response(models_dir)
         log.info("TensorRT %s on %s (sm %s): %s", trt.__version__, self.gpu_name, self.compute_capability,
                  {k: v.reason for k, v in self.outcomes.items()})
 

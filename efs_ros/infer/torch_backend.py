@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from efs_ros.infer.base import BackendUnavailableError, InferenceBackend
+from efs_ros.infer.base import BackendUnavailableError, InferenceBackend, check_trained_response
 from efs_ros.nets.checkpoint import load_model
 
 
@@ -26,6 +26,7 @@ class TorchBackend(InferenceBackend):
         self.name = f"torch-{self.device.type}"
         self.refocus_model = load_model("evrefocusnet", models_dir, device=str(self.device))
         self.merge_model = load_model("evmergenet", models_dir, device=str(self.device))
+        self.response_warning = check_trained_response(models_dir)
 
     def _run(self, model, *arrays: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

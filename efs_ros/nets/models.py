@@ -24,8 +24,9 @@ SIZE_MULTIPLE = 4
 NOMINAL_THRESHOLD = 0.2
 """Contrast threshold the integration skip starts from (v2e default); learned during training."""
 
-LOG_CENTER = -2.0
-"""Typical log intensity of a frame; subtracted so the first convolutions see centred values."""
+LOG_CENTER = 4.0
+"""Typical value of the log frame (lin-log response of a mid-grey pixel, log(0.25 x 255)); the
+net subtracts it so the first convolutions see centred values. Stored in the model config."""
 
 
 def _act() -> nn.Module:
@@ -100,9 +101,11 @@ class EvRefocusNet(nn.Module):
     head starts at zero, so an untrained net already equals plain integration.
     """
 
-    def __init__(self, base: int = 16, n_bins: int = N_BINS, channels: int = 3):
+    def __init__(self, base: int = 16, n_bins: int = N_BINS, channels: int = 3,
+                 log_center: float = LOG_CENTER):
         super().__init__()
-        self.config = {"base": base, "n_bins": n_bins, "channels": channels}
+        self.config = {"base": base, "n_bins": n_bins, "channels": channels, "log_center": float(log_center)}
+        self.log_center = float(log_center)
         widths = _widths(base)
         c0, c1, c2 = widths
         self.n_bins = n_bins
@@ -124,7 +127,7 @@ class EvRefocusNet(nn.Module):
         """log_frame [B,C,H,W], event_bins [B,n_bins,H,W] -> log image [B,C,H,W]."""
         total = event_bins.sum(dim=1, keepdim=True)
         ev_in = torch.cat([event_bins, total, total.abs()], dim=1) * 0.25
-        fi = self.img_enc(log_frame - LOG_CENTER)
+        fi = self.img_enc(log_frame - self.log_center)
         fe = self.ev_enc(ev_in)
         fused = [F.leaky_relu(f(torch.cat([a, b], dim=1)), 0.1)
                  for f, a, b in zip(self.fuse, fi, fe, strict=True)]
