@@ -41,9 +41,6 @@ backwards."""
 DEFAULT_MAX_JITTER_US = 64
 """Backward steps of event time up to this are sensor jitter (counted in stats, events kept, no
 fault); larger backward steps are faults (events still kept, with the time the stream says)."""
-_KEEPALIVE_US = 1 << 22
-"""The encoder writes a TIME_HIGH at least this often (like a real sensor does every 4 ms), so that
-gaps longer than half the wrap period still unwrap correctly."""
 _NO_BASE = -(1 << 30)
 """Vector base x before any VECT_BASE_X: stays negative after any number of increments."""
 
@@ -534,8 +531,8 @@ def decode_evt3(data, width: int | None = None, height: int | None = None,
 class Evt3Encoder:
     """Stateful EVT 3.0 encoder: successive calls continue one stream (time, y carried).
 
-    The stream's clock starts at 0: time words are written from there (a TIME_HIGH at least every
-    2^22 us through gaps), so the decoder recovers absolute times past any number of wraps.
+    The stream's clock starts at 0 and every wrap since then is written (TIME_HIGH 0xFFF, 0x000),
+    so the decoder recovers absolute times past any number of wraps and gaps.
     """
 
     def __init__(self, vectorize: bool = True):
@@ -622,8 +619,10 @@ def _encode(enc: Evt3Encoder, ev: np.ndarray, t_ev: np.ndarray, tr: np.ndarray) 
     else:
         t_all = t_ev
 
-    # Time words: when the time changes; TIME_HIGH when its 4096 us block changes; keep-alives
-    # through long gaps.
+    # Time words: when the time changes; TIME_HIGH when its 4096 us block changes. At every wrap
+    # crossed since the previous item, a TIME_HIGH 0xFFF then 0x000 (as a sensor emits them): a
+    # near-full-range drop, a wrap for our rule (> half range) and for Prophesee's stricter one,
+    # even across gaps longer than the wrap period.
     prev_t = _prepend(enc._t, t_all[:-1], np.int64)
     new_time = t_all != prev_t
     high = t_all >> 12
@@ -633,9 +632,9 @@ def _encode(enc: Evt3Encoder, ev: np.ndarray, t_ev: np.ndarray, tr: np.ndarray) 
     new_time |= new_high
     words_per_item = new_high.astype(np.int64)
     words_per_item += new_time
-    gap = t_all - prev_t
-    keep_alive = np.flatnonzero(gap > _KEEPALIVE_US)
-    n_keep = (gap[keep_alive] - 1) // _KEEPALIVE_US
+    wraps_crossed = (t_all >> 24) - (prev_t >> 24)
+    keep_alive = np.flatnonzero(wraps_crossed)
+    n_keep = 2 * wraps_crossed[keep_alive]
     words_per_item[keep_alive] += n_keep
 
     # Events: ADDR_Y when y changes, then ADDR_X, or one vector run per VECT_BASE_X.
@@ -679,8 +678,7 @@ def _encode(enc: Evt3Encoder, ev: np.ndarray, t_ev: np.ndarray, tr: np.ndarray) 
     cursor -= words_per_item
     if keep_alive.size:
         step = _ramp(n_keep)
-        times = np.repeat(prev_t[keep_alive], n_keep) + (step + 1) * _KEEPALIVE_US
-        out[np.repeat(cursor[keep_alive], n_keep) + step] = (TIME_HIGH << 12) | ((times >> 12) & 0xFFF)
+        out[np.repeat(cursor[keep_alive], n_keep) + step] = (TIME_HIGH << 12) | (0xFFF * (1 - (step & 1)))
         cursor[keep_alive] += n_keep
     i = np.flatnonzero(new_high)
     out[cursor[i]] = (TIME_HIGH << 12) | (high[i] & 0xFFF)
