@@ -35,7 +35,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 
-from efs_ros.core.events import TRIGGER_DTYPE
+from efs_ros.core.events import EVENT_DTYPE, TRIGGER_DTYPE
 from efs_ros.core.evt3 import Evt3Encoder
 from efs_ros.core.images import encode_float, encode_frame
 from efs_ros.core.waveform import TriangleSweep
@@ -67,6 +67,8 @@ TRAJECTORY_KEEP_S = 2.0
 STACK_MARGIN_DPT = 0.25
 """Stack levels reach this far beyond the sweep ends (lens overshoot, reading noise)."""
 MAX_EVENTS_PER_PACKET = 200_000
+LAG_WARN_MS = 100.0
+"""Events published this long after the lens reading that made them: the rig is too slow."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class RigSettings:
     shot_hz: float = 0.1
     leak_hz: float = 0.01
     max_step_dpt: float = 0.05
+    min_step_ms: float = 0.0
     packet_period_ms: float = 2.0
     max_delay_ms: float = 5.0
     clock_drift_ppm: float = 0.0
@@ -148,6 +151,9 @@ _DESCRIPTORS = {
     "shot_hz": float_param("shot-noise events per pixel per second", 0.0, 100.0, read_only=True),
     "leak_hz": float_param("leak events per pixel per second", 0.0, 100.0, read_only=True),
     "max_step_dpt": float_param("largest focus change per sensor step, diopters", 0.001, 1.0),
+    "min_step_ms": float_param("skip lens readings closer than this to the last sensor step "
+                               "(0 = step at every reading); raise it when the rig lags",
+                               0.0, 100.0),
     "packet_period_ms": float_param("sensor time covered by one EventPacket, ms", 0.1, 100.0),
     "max_delay_ms": float_param("packet stamp = ROS time of its first event + U(0, this)", 0.0,
                                 100.0),
@@ -274,9 +280,11 @@ class SimRigNode(Node):
         self._last_stamp_ns = -1
         self._next_frame_ns: int | None = None
         self._seq = 0
-        self._stats = dict.fromkeys(("lens_readings", "lens_rejected", "lens_resets", "packets",
-                                     "events", "triggers", "frames", "steps"), 0)
+        self._stats = dict.fromkeys(("lens_readings", "lens_rejected", "lens_skipped",
+                                     "lens_resets", "packets", "events", "triggers", "frames",
+                                     "steps"), 0)
         self._step_ms: deque[float] = deque(maxlen=200)
+        self._lag_ms: deque[float] = deque(maxlen=200)
         self._last_lens_wall: float | None = None
         self._rate_mark = (time.monotonic(), dict(self._stats))
         self._rates: dict = {}
@@ -394,6 +402,10 @@ class SimRigNode(Node):
                 self._stats["lens_rejected"] += 1
                 return
             t_prev, d_prev = self._trajectory[-1]
+            if stamp_ns - t_prev < s.min_step_ms * 1e6 and abs(dpt - d_prev) < s.max_step_dpt:
+                self._stats["lens_skipped"] += 1
+                return
+            self._lag_ms.append((self.get_clock().now().nanoseconds - stamp_ns) * 1e-6)
             n_sub = max(1, math.ceil(abs(dpt - d_prev) / s.max_step_dpt))
             knots_ns = t_prev + (stamp_ns - t_prev) * np.arange(1, n_sub + 1) / n_sub
             knots_ns[-1] = stamp_ns
@@ -466,22 +478,24 @@ class SimRigNode(Node):
 
     def _publish_events(self, events, triggers, s: RigSettings) -> None:
         """Cut the stream into packets of packet_period_ms sensor time and publish them."""
-        n_ev = 0 if events is None else events.size
-        n_tr = 0 if triggers is None else triggers.size
-        if n_ev == 0 and n_tr == 0:
+        if events is None:
+            events = np.zeros(0, EVENT_DTYPE)
+        if triggers is None:
+            triggers = np.zeros(0, TRIGGER_DTYPE)
+        if events.size == 0 and triggers.size == 0:
             return
-        times = [a["t"] for a in (events, triggers) if a is not None and a.size]
-        t_all = np.concatenate(times)
         period_us = s.packet_period_ms * 1e3
-        bins = np.floor(t_all / period_us).astype(np.int64)
-        for b in np.unique(bins):
-            lo, hi = b * period_us, (b + 1) * period_us
-            ev = events[(events["t"] >= lo) & (events["t"] < hi)] if n_ev else None
-            tr = triggers[(triggers["t"] >= lo) & (triggers["t"] < hi)] if n_tr else None
-            for start in range(0, max(1, 0 if ev is None else ev.size), MAX_EVENTS_PER_PACKET):
-                part = ev[start:start + MAX_EVENTS_PER_PACKET] if ev is not None else None
-                extra = tr if start == 0 else None
-                self._publish_packet(part, extra, s)
+        t_all = np.concatenate([events["t"], triggers["t"]])
+        bins = np.unique(np.floor(t_all / period_us).astype(np.int64))
+        edges = np.append(bins, bins[-1] + 1) * period_us
+        ev_cut = np.searchsorted(events["t"], edges, side="left")  # both sorted by t
+        tr_cut = np.searchsorted(triggers["t"], edges, side="left")
+        for i in range(bins.size):  # one iteration per packet, not per event
+            ev = events[ev_cut[i]:ev_cut[i + 1]]
+            tr = triggers[tr_cut[i]:tr_cut[i + 1]]
+            for start in range(0, max(ev.size, 1), MAX_EVENTS_PER_PACKET):
+                self._publish_packet(ev[start:start + MAX_EVENTS_PER_PACKET],
+                                     tr if start == 0 else None, s)
 
     def _publish_packet(self, events, triggers, s: RigSettings) -> None:
         firsts = [int(a["t"][0]) for a in (events, triggers) if a is not None and a.size]
@@ -558,15 +572,21 @@ class SimRigNode(Node):
                 self._rate_mark = (now, stats)
             silent = None if self._last_lens_wall is None else now - self._last_lens_wall
         steps = sorted(self._step_ms)
+        lag = sorted(self._lag_ms)
+        lag_ms = lag[len(lag) // 2] if lag else 0.0
         values = {**stats, **{k: round(v, 2) for k, v in self._rates.items()},
                   "step_ms_median": steps[len(steps) // 2] if steps else 0.0,
                   "step_ms_max": steps[-1] if steps else 0.0,
+                  "lag_ms_median": lag_ms,
                   "lens_source": s.lens_source, "size": f"{s.width}x{s.height}",
                   "lens_silent_s": -1.0 if silent is None else round(silent, 2)}
         if silent is None:
             return DIAG_WARN, "waiting for /lens/focus_state", values
         if silent > 1.0:
             return DIAG_WARN, f"no lens state for {silent:.1f} s", values
+        if lag_ms > LAG_WARN_MS:
+            return DIAG_WARN, (f"simulation {lag_ms:.0f} ms behind the lens: raise min_step_ms or "
+                               "lower the size"), values
         return DIAG_OK, "simulating", values
 
     def _publish_diagnostics(self) -> None:
