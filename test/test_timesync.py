@@ -157,3 +157,13 @@ def test_orphan_trigger_edges_are_counted_not_paired():
     sync.add_packet(T0_US, ROS0, tr)
     assert sync.stats.orphan_edges == 2
     assert sync.stats.trigger_pairs == 0
+
+
+def test_frames_without_any_trigger_wiring_stay_bounded_and_uncounted():
+    sync = ClockSync(SyncConfig(max_waiting=16))
+    sync.add_packet(T0_US, ROS0)
+    for k in range(200):
+        sync.add_frame(ROS0 + k * 33_000_000)
+    assert len(sync.triggers._frames) == 16
+    assert sync.stats.unmatched_frames == 0  # no pairs ever: not a fault
+    assert sync.fit().source == "stamps"

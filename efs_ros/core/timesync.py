@@ -188,6 +188,8 @@ class SyncConfig:
     trigger_match_tol_ms: float = 10.0
     """A trigger pair and a frame are matched when the pair's stamp-estimated middle lies this
     close to the frame stamp; keep it under half the frame period."""
+    max_waiting: int = 256
+    """Trigger pairs (or frames) waiting for their partner, at most; the oldest go first."""
     min_trigger_span_s: float = 0.1
     """Below this span of matched pairs, drift comes from the stamp fit, offset from the pairs."""
 
@@ -346,6 +348,15 @@ class TriggerClock:
                 j += 1
         del pairs[:i]
         del frames[:j]
+        # one side silent (no trigger wiring, or no camera): keep the waiting side bounded
+        cap = self.config.max_waiting
+        if len(pairs) > cap:
+            self.stats.unmatched_pairs += len(pairs) - cap
+            del pairs[:len(pairs) - cap]
+        if len(frames) > cap:
+            if self.stats.trigger_pairs:
+                self.stats.unmatched_frames += len(frames) - cap
+            del frames[:len(frames) - cap]
         if len(self.matched):
             newest = int(self.matched.last()[1])
             self.matched.prune_y_below(newest - int(3 * self.config.window_s * 1e9))
