@@ -475,6 +475,15 @@ def test_encoder_rejects_bad_events():
         encoder.encode(ev[:5])
 
 
+def test_decoder_accepts_any_byte_buffer(synthetic_stream):
+    events, _, data = synthetic_stream
+    as_words = np.frombuffer(data[: len(data) // 2 * 2], "<u2")
+    for buf in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8), memoryview(as_words)):
+        out = decode_evt3(buf)
+        assert out.n_words == len(data) // 2
+        assert_same(out.events, decode_evt3(data).events)
+
+
 def test_decoder_rejects_non_byte_input():
     with pytest.raises(TypeError, match="uint8"):
         Evt3Decoder().decode(np.zeros(4, np.uint16))

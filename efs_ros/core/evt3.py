@@ -3,17 +3,24 @@
 EVT 3.0 is a stream of 16-bit little-endian words whose meaning depends on state set by earlier
 words (current y, time, vector base x), so a naive decoder loops per word. Here every per-word
 step is a numpy pass: "last value seen" is a cumulative count of the state words indexing their
-values (with the state carried from the previous call as element 0), and vector words are
-expanded by unpacking their bit masks. A packet may end anywhere, even mid-word.
+values; the state carried from the previous packet enters as synthetic ADDR_Y / TIME_HIGH /
+TIME_LOW words in front of the new ones (the vector base as element 0 of its lookup). Everything is
+computed per event word, and vector words are expanded to events by unpacking their bit masks at
+the very end. A packet may end anywhere, even mid-word. Large inputs go in blocks of BLOCK_WORDS.
 
 Time is 24 bits of microseconds and wraps every 2^24 us. A TIME_HIGH that drops by more than half
 its range is a wrap and advances a running epoch, so decoded times are unwrapped microseconds
-since the stream's clock origin. As in Prophesee's own decoder, TIME_HIGH sets the low 12 bits to
-zero until the next TIME_LOW.
+since the stream's clock origin (Prophesee's decoders use a stricter rule, a drop of nearly the
+whole range; the encoder writes TIME_HIGH 0xFFF, 0x000 at every wrap so both agree). As in
+Prophesee's decoder, TIME_HIGH sets the low 12 bits to zero until the next TIME_LOW.
 
 Faults never lose valid data: in non-strict mode each fault is a one-line message in
-`DecodedChunk.faults` and the events around it are kept; in strict mode the first fault raises
-`Evt3Error` whose `.partial` holds everything decoded before the faulty word.
+`DecodedChunk.faults` (one per kind and block, with a count and the first word's index, type and
+value) and the events around it are kept; events that cannot be placed (no y/time/base yet, or
+outside width x height) are dropped and counted. Time order is checked between consecutive event
+words: a backward step up to `max_jitter_us` is jitter (counted in stats), a larger one is a fault,
+and the events keep the time the stream gives them either way. In strict mode the first fault
+raises `Evt3Error` whose `.partial` holds everything decoded before the faulty word.
 """
 from __future__ import annotations
 
@@ -215,7 +222,9 @@ def _as_buffer(data):
         if data.dtype != np.uint8:
             raise TypeError(f"EVT3 data must be bytes or a uint8 array, got an array of {data.dtype}")
         return memoryview(np.ascontiguousarray(data).reshape(-1))
-    if isinstance(data, bytes | bytearray | memoryview):
+    if isinstance(data, memoryview):
+        return data if data.format in ("B", "b", "c") and data.ndim == 1 else data.cast("B")
+    if isinstance(data, bytes | bytearray):
         return data
     raise TypeError(f"EVT3 data must be bytes, bytearray, memoryview or uint8 ndarray, not {type(data)}")
 
