@@ -216,6 +216,20 @@ def test_load_backend_auto_picks_an_available_backend_and_logs_it(models_dir, ca
     assert "measured" in caplog.text and measured.name in caplog.text
 
 
+def test_backends_warn_when_the_pipeline_response_is_not_the_trained_one(models_copy, caplog):
+    from efs_ros.nets.data import pipeline_response, response_spec
+
+    manifest = read_manifest(models_copy)
+    manifest["info"]["response"] = response_spec(pipeline_response())
+    write_manifest(models_copy, manifest)
+    assert TorchBackend(models_copy, device="cpu").response_warning is None
+    manifest["info"]["response"] = {"type": "LogResponse", "eps": 0.5}
+    write_manifest(models_copy, manifest)
+    with caplog.at_level(logging.WARNING, logger="efs_ros.infer"):
+        ob = OnnxRuntimeBackend(models_copy, provider="cpu")
+    assert "retrain" in ob.response_warning and "LogResponse" in caplog.text
+
+
 def test_bad_model_files_are_not_skipped_by_auto(models_copy):
     (models_copy / "evmergenet.onnx").write_bytes(b"not onnx")
     with pytest.raises(ModelLoadError):
