@@ -71,8 +71,8 @@ def graph(tmp_path_factory):
     procs = [
         NodeProcess("efs_ros.nodes.focus_controller", log_dir=logs),
         NodeProcess("efs_ros.nodes.sim_rig", {**SIZE, "frame_rate_hz": 5.0,
-                                              "max_blur_radius_px": 4.0}, log_dir=logs),
-        NodeProcess("efs_ros.nodes.all_in_focus", {"backend": "classical",
+                                              "max_blur_radius_px": 6.0}, log_dir=logs),
+        NodeProcess("efs_ros.nodes.all_in_focus", {"backend": "classical", "method": "golden",
                                                    "max_pending_jobs": 8}, log_dir=logs),
     ]
     listener = Listener()
@@ -95,7 +95,7 @@ def test_live_outputs_are_sharper_than_the_input_frames(graph):
     procs, listener = graph
     assert listener.wait_until(lambda: len(_outputs(listener)) >= 8, 90), \
         "\n".join(p.log(15) for p in procs)
-    frames = {s: px for s, px, *_ in listener.items("/camera/image_raw")}
+    frames = {s: px for s, px, *_ in listener.items("/camera/image_raw") if px is not None}
     truth = {s: px for s, px, *_ in listener.items("/ground_truth/all_in_focus")}
     depth = {s: px for s, px, *_ in listener.items("/efs/depth")}
     scores = []
@@ -110,8 +110,9 @@ def test_live_outputs_are_sharper_than_the_input_frames(graph):
     finite = some_depth[np.isfinite(some_depth)]
     assert some_depth.dtype == np.float32 and finite.size > 0.2 * some_depth.size
     assert np.median(finite) == pytest.approx(1.0, rel=0.8)  # the scene spans 0.3..2 m
-    status = latest_status(listener, STATUS)
-    assert status["backend"] == "classical" and int(status["jobs_done"]) >= 8
+    assert listener.wait_until(  # /diagnostics comes once a second
+        lambda: int(latest_status(listener, STATUS)["jobs_done"]) >= 8, 5)
+    assert latest_status(listener, STATUS)["backend"] == "classical"
 
 
 def test_bad_input_is_counted_and_output_continues(graph):
@@ -125,7 +126,7 @@ def test_bad_input_is_counted_and_output_continues(graph):
     events = node.create_publisher(EventPacket, "/event_camera/events", 100)
     frames = node.create_publisher(Image, "/camera/image_raw", 100)
     focus = node.create_publisher(JointState, "/lens/focus_state", 100)
-    assert listener.wait_until(lambda: events.get_subscription_count() >= 2
+    assert listener.wait_until(lambda: events.get_subscription_count() >= 1
                                and frames.get_subscription_count() >= 1, 10)
     time.sleep(0.5)
     before = latest_status(listener, STATUS)
@@ -155,7 +156,7 @@ def test_bad_input_is_counted_and_output_continues(graph):
             int(st["packets_rejected"]) >= int(before["packets_rejected"]) + 6 and \
             int(st["frames_rejected"]) >= int(before["frames_rejected"]) + 8 and \
             int(st["focus_rejected"]) >= int(before["focus_rejected"]) + 5
-    assert listener.wait_until(counted, 15), latest_status(listener, STATUS)
+    assert listener.wait_until(counted, 15), (before, latest_status(listener, STATUS))
     levels = {int(statuses[STATUS]["level"]) for _, statuses, _ in listener.items("/diagnostics")
               if STATUS in statuses}
     assert levels & {1, 2}, "bad input never raised the level above OK"

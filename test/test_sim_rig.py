@@ -120,7 +120,12 @@ class Listener:
 
 
 def image_item(msg):
-    return stamp_to_ns(msg.header.stamp), image_msg_to_numpy(msg).copy(), msg.encoding
+    """(stamp, pixels or None for an image that does not parse, encoding)."""
+    try:
+        pixels = image_msg_to_numpy(msg).copy()
+    except ValueError:
+        pixels = None
+    return stamp_to_ns(msg.header.stamp), pixels, msg.encoding
 
 
 def diagnostics_item(msg):
