@@ -91,7 +91,7 @@ class Probe:
         self.node = rclpy.create_node("focus_probe", context=self.context)
         self.lock = threading.Lock()
         self.focus = []  # (arrival monotonic s, stamp ns, name list, position, velocity)
-        self.diagnostics = []  # (arrival monotonic s, level int, message)
+        self.diagnostics = []  # (arrival monotonic s, level int, message, {key: value})
 
         def on_focus(msg):
             row = (time.monotonic(), stamp_to_ns(msg.header.stamp), list(msg.name),
@@ -103,7 +103,8 @@ class Probe:
             with self.lock:
                 for s in msg.status:
                     if s.name.startswith("focus_controller"):
-                        self.diagnostics.append((time.monotonic(), s.level[0], s.message))
+                        values = {kv.key: kv.value for kv in s.values}
+                        self.diagnostics.append((time.monotonic(), s.level[0], s.message, values))
 
         self.node.create_subscription(JointState, "/lens/focus_state", on_focus, qos(depth=200))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, qos(depth=20))
@@ -224,9 +225,14 @@ def test_focus_state_stream(sweeping):
     # Mid-sweep velocity is the sweep rate, with the sign of the motion.
     rate = (NEAR - FAR) / SWEEP_S
     mid = np.abs(position - (NEAR + FAR) / 2) < 0.25 * (NEAR - FAR)
-    direction = np.sign(np.gradient(position))[mid]
-    assert np.median(np.abs(velocity[mid])) == pytest.approx(rate, rel=0.1)
-    assert np.all(np.sign(velocity[mid]) == direction)
+    trend = np.gradient(position)[mid]
+    assert np.median(np.abs(velocity[mid])) == pytest.approx(rate, rel=0.2)
+    assert np.all(velocity[mid] * trend >= 0)  # same sign wherever consecutive readings differ
+    _, level, message, values = probe.diagnostics[-1]
+    assert level == 0, message
+    assert values["connected"] == "True" and values["errors"] == "0"
+    assert float(values["temperature_c"]) == pytest.approx(emulator.temperature_c)
+    assert float(values["publish_rate_hz"]) > 150
     assert proc.poll() is None
 
 
@@ -278,22 +284,66 @@ def test_parameters_validated_and_applied_live(sweeping):
     velocity = np.array([row[4] for row in rows])
     mid = np.abs(position - (NEAR + FAR) / 2) < 0.25 * (NEAR - FAR)
     assert mid.sum() > 10
-    assert np.median(np.abs(velocity[mid])) == pytest.approx((NEAR - FAR) / faster, rel=0.1)
+    assert np.median(np.abs(velocity[mid])) == pytest.approx((NEAR - FAR) / faster, rel=0.2)
 
 
 def test_unplug_reports_error_and_replug_recovers(sweeping):
     emulator, proc, probe = sweeping
     emulator.unplug()
     t_unplug = time.monotonic()
-    probe.wait_for(lambda: any(t > t_unplug and level == 2 for t, level, _ in probe.diagnostics), 10.0,
+    probe.wait_for(lambda: any(t > t_unplug and level == 2 for t, level, *_ in probe.diagnostics), 10.0,
                    "an ERROR diagnostic after unplugging")
     time.sleep(0.2)
     assert probe.window(0.5) == []  # no focus state without a lens
     assert proc.poll() is None
     emulator.replug()
     t_replug = time.monotonic()
-    probe.wait_for(lambda: any(t > t_replug and level == 0 for t, level, _ in probe.diagnostics), 10.0,
+    probe.wait_for(lambda: any(t > t_replug and level == 0 for t, level, *_ in probe.diagnostics), 10.0,
                    "an OK diagnostic after replugging")
     probe.wait_for(lambda: len(probe.focus_since(t_replug)) > 50, 10.0, "focus state after replugging")
     assert np.ptp([row[3] for row in probe.window(0.5)]) > 1.0  # sweeping again
     assert proc.poll() is None
+
+
+def test_node_constructible_in_process_with_overrides():
+    """What the in-process bringup does: build the node in its own context with overrides."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+
+    from efs_ros.nodes.focus_controller import FocusControllerNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        with pytest.raises(ValueError, match="near_dpt"):
+            FocusControllerNode(context=context, parameter_overrides=[
+                Parameter("near_dpt", value=0.5), Parameter("far_dpt", value=2.0)])
+        # remapped, so that the subprocess node of the other tests cannot be heard here
+        remap = ["--ros-args", "-r", "/lens/focus_state:=/in_process/focus_state"]
+        node = FocusControllerNode(context=context, cli_args=remap, parameter_overrides=[
+            Parameter("driver", value="sim"), Parameter("publish_rate_hz", value=300),  # int for a double
+            Parameter("near_dpt", value=4.0), Parameter("far_dpt", value=1.0),
+            Parameter("sweep_duration_s", value=0.2), Parameter("sim_noise_mdpt", value=0.0)])
+        assert node.get_parameter("publish_rate_hz").value == 300.0
+        received = []
+        listener = rclpy.create_node("listener", context=context)
+        listener.create_subscription(JointState, "/in_process/focus_state",
+                                     lambda m: received.append(m.position[0]), 100)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        executor.add_node(listener)
+        end = time.monotonic() + 20.0
+        while len(received) < 200 and time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+        assert len(received) >= 200
+        assert 1.0 - 0.05 < min(received) and max(received) < 4.0 + 0.05
+        assert np.ptp(received) > 2.0
+        status = node.status()
+        assert status["connected"] and status["driver"] == "sim" and status["sweeping"]
+        executor.shutdown(timeout_sec=1.0)
+        listener.destroy_node()
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)

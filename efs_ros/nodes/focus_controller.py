@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import rclpy
@@ -135,6 +135,19 @@ def slope(times_s: np.ndarray, values: np.ndarray) -> float:
     dt = times_s - times_s.mean()
     denom = float(np.dot(dt, dt))
     return float(np.dot(dt, values - values.mean()) / denom) if denom > 0 else 0.0
+
+
+@dataclass
+class _IoState:
+    """What the lens I/O thread carries from one cycle to the next."""
+    driver: LensDriver | None = None
+    driver_key: tuple | None = None
+    was_connected: bool = False
+    next_attempt: float = 0.0
+    next_temperature: float = 0.0
+    next_tick: float = 0.0
+    failures: int = 0
+    recent: deque = field(default_factory=lambda: deque(maxlen=64))
 
 
 class FocusControllerNode(Node):
@@ -283,76 +296,79 @@ class FocusControllerNode(Node):
 
     # --- lens I/O thread ------------------------------------------------------------------------
     def _io_loop(self) -> None:
-        driver: LensDriver | None = None
-        driver_key = None
-        was_connected = False
-        next_attempt = 0.0
-        next_temperature = 0.0
-        failures = 0
-        recent: deque[tuple[float, float]] = deque(maxlen=64)
-        next_tick = time.monotonic()
+        """Own the driver: connect, command the sweep, read and publish, reconnect when lost."""
+        io = _IoState()
         while not self._stop_io.is_set():
-            settings = self._settings
-            period = 1.0 / settings.publish_rate_hz
-            now = time.monotonic()
-            if driver is None or settings.driver_key() != driver_key:
-                if driver is not None:
-                    driver.close()
-                driver, driver_key = _make_driver(settings), settings.driver_key()
-                next_attempt, failures = now, 0
-                recent.clear()
-                with self._lock:
-                    self._connected = False
-            if not driver.is_connected:
-                if now < next_attempt:
-                    self._stop_io.wait(min(next_attempt - now, 0.05))
-                    continue
-                try:
-                    driver.connect()
-                except LensError as exc:
-                    next_attempt = now + settings.reconnect_period_s
-                    self._note_disconnected(str(exc), settings)
-                    continue
-                failures = 0
-                recent.clear()
-                next_tick = time.monotonic()
-                self._note_connected(driver, settings, was_connected)
-                was_connected = True
             try:
-                with self._lock:
-                    command = self._command_at(time.monotonic())
-                    self._commanded_dpt = command
-                driver.set_focus(command)
-                t0 = self.get_clock().now().nanoseconds
-                position = driver.read_focus()
-                t1 = self.get_clock().now().nanoseconds
-                if time.monotonic() >= next_temperature:
-                    next_temperature = time.monotonic() + TEMPERATURE_PERIOD_S
-                    self._temperature_c = driver.temperature()
-                failures = 0
-            except LensError as exc:
-                failures += 1
+                self._io_step(io)
+            except Exception as exc:  # noqa: BLE001 - the stream must outlive any one bad cycle
+                if not self.context.ok():
+                    break  # shutting down (e.g. SIGINT): the publisher is already gone
                 with self._lock:
                     self._errors += 1
-                    self._last_error = str(exc)
-                if not driver.is_connected or failures >= MAX_TRANSIENT_ERRORS:
-                    driver.close()
-                    next_attempt = time.monotonic() + settings.reconnect_period_s
-                    self._note_disconnected(str(exc), settings)
-                else:
-                    self.get_logger().warning(f"lens: {exc}", throttle_duration_sec=5.0)
-            else:
-                stamp_ns = (t0 + t1) // 2
-                recent.append((stamp_ns * 1e-9, position))
-                self._publish_focus(stamp_ns, position, recent)
-            next_tick += period
-            delay = next_tick - time.monotonic()
-            if delay < -MAX_CATCH_UP_S:
-                next_tick = time.monotonic()
-            elif delay > 0:
-                self._stop_io.wait(delay)
-        if driver is not None:
-            driver.close()
+                self.get_logger().error(f"lens I/O: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+                self._stop_io.wait(0.1)
+        if io.driver is not None:
+            io.driver.close()
+
+    def _io_step(self, io: _IoState) -> None:
+        settings = self._settings
+        now = time.monotonic()
+        if io.driver is None or settings.driver_key() != io.driver_key:
+            if io.driver is not None:
+                io.driver.close()
+            io.driver, io.driver_key = _make_driver(settings), settings.driver_key()
+            io.next_attempt, io.failures = now, 0
+            with self._lock:
+                self._connected = False
+        driver = io.driver
+        if not driver.is_connected:
+            if now < io.next_attempt:
+                self._stop_io.wait(min(io.next_attempt - now, 0.05))
+                return
+            try:
+                driver.connect()
+            except LensError as exc:
+                io.next_attempt = now + settings.reconnect_period_s
+                self._note_disconnected(str(exc), settings)
+                return
+            io.failures = 0
+            io.recent.clear()
+            io.next_tick = time.monotonic()
+            self._note_connected(settings, io.was_connected)
+            io.was_connected = True
+        try:
+            with self._lock:
+                command = self._command_at(time.monotonic())
+                self._commanded_dpt = command
+            driver.set_focus(command)
+            t0 = self.get_clock().now().nanoseconds
+            position = driver.read_focus()
+            t1 = self.get_clock().now().nanoseconds
+            stamp_ns = (t0 + t1) // 2
+            io.recent.append((stamp_ns * 1e-9, position))
+            self._publish_focus(stamp_ns, position, io.recent)
+            if time.monotonic() >= io.next_temperature:
+                io.next_temperature = time.monotonic() + TEMPERATURE_PERIOD_S
+                self._temperature_c = driver.temperature()
+            io.failures = 0
+        except LensError as exc:
+            io.failures += 1
+            with self._lock:
+                self._errors += 1
+                self._last_error = str(exc)
+            if not driver.is_connected or io.failures >= MAX_TRANSIENT_ERRORS:
+                driver.close()
+                io.next_attempt = time.monotonic() + settings.reconnect_period_s
+                self._note_disconnected(str(exc), settings)
+                return
+            self.get_logger().warning(f"lens: {exc}", throttle_duration_sec=5.0)
+        io.next_tick += 1.0 / settings.publish_rate_hz
+        delay = io.next_tick - time.monotonic()
+        if delay < -MAX_CATCH_UP_S:
+            io.next_tick = time.monotonic()
+        elif delay > 0:
+            self._stop_io.wait(delay)
 
     def _publish_focus(self, stamp_ns: int, position: float, recent: deque) -> None:
         samples = np.asarray(recent, dtype=np.float64)
@@ -368,7 +384,7 @@ class FocusControllerNode(Node):
             self._measured_dpt = float(position)
             self._published += 1
 
-    def _note_connected(self, driver: LensDriver, settings: ControllerSettings, was_connected: bool) -> None:
+    def _note_connected(self, settings: ControllerSettings, was_connected: bool) -> None:
         with self._lock:
             self._connected = True
             if was_connected:
