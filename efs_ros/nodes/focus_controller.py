@@ -161,8 +161,8 @@ class FocusControllerNode(Node):
             try:
                 self.declare_parameter(f.name, getattr(defaults, f.name), _DESCRIPTORS[f.name])
             except Exception as exc:  # noqa: BLE001 - rclpy raises several types; one line for the user
-                detail = " ".join(str(exc).split())
-                raise ValueError(f"parameter {f.name}: {type(exc).__name__}: {detail}") from exc
+                detail = " ".join(str(exc).split()).split("Reason: ", 1)[-1]
+                raise ValueError(f"parameter {f.name}: {detail}") from exc
         settings = self._read_settings()
         reason = validate_settings(settings)
         if reason is not None:
@@ -435,9 +435,11 @@ class FocusControllerNode(Node):
         self._diag_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
 
     def destroy_node(self):
-        self._stop_io.set()
-        if self._io_thread.is_alive():
-            self._io_thread.join(timeout=2.0)
+        # getattr: a constructor that rejected its parameters never started the thread
+        if getattr(self, "_stop_io", None) is not None:
+            self._stop_io.set()
+            if self._io_thread.is_alive():
+                self._io_thread.join(timeout=2.0)
         return super().destroy_node()
 
 
