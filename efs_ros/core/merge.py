@@ -1,8 +1,9 @@
 """Merging refocused images into one all-in-focus image, without a learned model.
 
 - `merge_focus`: soft per-pixel weights from a focus measure over K refocused images, the same
-  weights for R, G and B. Because every refocused image is the frame times a luminance gain, the
-  merge is one weighted mean of gains applied to the frame (no K x H x W x 3 stack).
+  weights for R, G and B. Every refocused image is the frame recoloured to a refocused
+  luminance, so the merge is one weighted mean of luminances, recoloured once (no K x H x W x 3
+  stack).
 - `merge_refocus_map`: every pixel refocused to its own time, gathered straight from the
   prefix sums (exact per pixel, no blending).
 - `merge_gradient`: the paper's gradient-domain fusion baseline (Sobel energy summed over
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .refocus import Refocuser, apply_gain
+from .refocus import Refocuser
 from .select import focus_measure
 
 
@@ -31,16 +32,16 @@ def focus_weights(focus: np.ndarray, power: float = 4.0) -> np.ndarray:
     return w
 
 
-def merge_focus(refocuser: Refocuser, gains: np.ndarray, focus: np.ndarray | None = None,
+def merge_focus(refocuser: Refocuser, lums: np.ndarray, focus: np.ndarray | None = None,
                 power: float = 4.0, window: int = 9, presmooth: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Focus-measure merge of the refocused images with the given [K, H, W] gains.
+    """Focus-measure merge of the refocused [K, H, W] luminances.
 
     Returns (all-in-focus image in the frame's layout, [K, H, W] weights)."""
     if focus is None:
-        focus = focus_measure(refocuser.luminance_from_gains(gains), window, presmooth)
+        focus = focus_measure(lums, window, presmooth)
     w = focus_weights(focus, power)
-    gain = np.einsum("khw,khw->hw", w, gains, optimize=True)
-    return apply_gain(refocuser.frame, gain, refocuser.eps), w
+    merged = np.einsum("khw,khw->hw", w, lums, optimize=True)
+    return refocuser.colour(merged), w
 
 
 def merge_refocus_map(refocuser: Refocuser, refocus_map: np.ndarray) -> np.ndarray:
@@ -66,9 +67,9 @@ def gradient_fusion_weights(images: np.ndarray) -> np.ndarray:
         return np.where(total > 0, energy / total, 1.0 / k).astype(np.float32)
 
 
-def merge_gradient(refocuser: Refocuser, gains: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient-domain fusion baseline over the refocused images with the given gains."""
-    images = np.stack([apply_gain(refocuser.frame, g, refocuser.eps) for g in gains])
+def merge_gradient(refocuser: Refocuser, lums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient-domain fusion baseline over the refocused images with the given luminances."""
+    images = refocuser.colour(lums)
     w = gradient_fusion_weights(images)
     out = (w[..., None] * images).sum(axis=0) if images.ndim == 4 else (w * images).sum(axis=0)
     return np.clip(out, 0.0, 1.0).astype(np.float32), w

@@ -17,12 +17,15 @@ from .depth import depth_from_refocus_map
 from .job import SweepJob, SweepResult
 from .merge import focus_weights, merge_focus, merge_gradient, merge_refocus_map, merge_stack
 from .refocus import (
-    DEFAULT_LOG_EPS,
+    DEFAULT_RESPONSE,
+    DEFAULT_THRESHOLD,
     EventStack,
+    LinLogResponse,
+    LogResponse,
     Refocuser,
-    apply_gain,
     estimate_threshold,
     event_bins_between,
+    isolated_event_mask,
     log_frame_chw,
     luminance,
     merge_event_stacks,
@@ -63,7 +66,15 @@ class PipelineConfig:
     """Contrast threshold; None estimates it from the job."""
     confidence_min: float = 0.15
     """Depth is NaN where the selection's confidence is below this."""
-    log_eps: float = DEFAULT_LOG_EPS
+    response: LogResponse | LinLogResponse = DEFAULT_RESPONSE
+    """The event sensor's log response (the frame is mapped through it before adding events)."""
+    colour: str = "line"
+    """Refocused luminance -> colour: "line" (local colour lines) or "gain" (luminance ratio)."""
+    event_filter_us: float = 3000.0
+    """Drop events with no neighbour (3 x 3 pixels, about +-this many us) before refocusing; 0
+    keeps every event. Shot-noise and leak events are isolated; edges fire in bursts."""
+    threshold_probe_times: int = 32
+    """Times of the first, coarse refocus map that the threshold estimate relies on."""
     n_uniform: int = 64
     dense_times: int | None = None
     """Evaluate the dense focus measure at this many bin edges (None: all)."""
@@ -111,7 +122,7 @@ def _ms(t0: float) -> float:
     return 1000.0 * (time.perf_counter() - t0)
 
 
-def select(refocuser: Refocuser, job: SweepJob, config: PipelineConfig) -> Selection:
+def select(refocuser: Refocuser, events: np.ndarray, config: PipelineConfig) -> Selection:
     c = config
     if c.method == "dense":
         return dense_selection(refocuser, c.dense_times, c.focus_window, c.focus_presmooth,
@@ -120,28 +131,27 @@ def select(refocuser: Refocuser, job: SweepJob, config: PipelineConfig) -> Selec
         return uniform_selection(refocuser, c.n_uniform, c.focus_window, c.focus_presmooth,
                                  c.smooth_sigma)
     if c.method == "golden":
-        return golden_section_patches(refocuser, job.events, c.patch_grid, c.golden_stop_events,
+        return golden_section_patches(refocuser, events, c.patch_grid, c.golden_stop_events,
                                       c.golden_min_events)
-    return event_rate_patches(refocuser, job.events, c.patch_grid,
+    return event_rate_patches(refocuser, events, c.patch_grid,
                               min_events=c.golden_min_events)
 
 
-def _net_stack(refocuser: Refocuser, job: SweepJob, times_s: np.ndarray,
+def _net_stack(refocuser: Refocuser, job: SweepJob, events: np.ndarray, times_s: np.ndarray,
                config: PipelineConfig) -> np.ndarray:
     """[N, C, H, W] linear images at the chosen times, from the refocus net when there is one."""
     h, w = job.height, job.width
     if config.refocus_net is None:
-        gains = refocuser.gains(times_s)
-        imgs = [apply_gain(job.frame, g, refocuser.eps) for g in gains]
+        imgs = list(refocuser.colour(refocuser.luminances(times_s)))
     else:
-        log_frame = log_frame_chw(job.frame, refocuser.eps)
+        log_frame = log_frame_chw(job.frame, refocuser.response)
         imgs = []
         for t in times_s:
-            bins = event_bins_between(job.events, 0.0, float(t) * 1e6, config.net_event_bins, h, w)
+            bins = event_bins_between(events, 0.0, float(t) * 1e6, config.net_event_bins, h, w)
             out = np.asarray(config.refocus_net(log_frame, bins), dtype=np.float32)
             if out.shape != log_frame.shape:
                 raise ValueError(f"refocus_net returned shape {out.shape}, expected {log_frame.shape}")
-            lin = np.clip(np.exp(out) - np.float32(refocuser.eps), 0.0, 1.0)
+            lin = np.clip(refocuser.response.inverse(out), 0.0, 1.0)
             imgs.append(lin[0] if job.frame.ndim == 2 else np.transpose(lin, (1, 2, 0)))
     stack = np.stack(imgs)
     return stack[:, None] if stack.ndim == 3 else np.transpose(stack, (0, 3, 1, 2))
@@ -163,30 +173,42 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
     h, w = frame.shape[:2]
 
     t = time.perf_counter()
-    stack = EventStack(job.events, h, w, job.sweep_span_s, config.n_bins)
+    events = job.events
+    if config.event_filter_us > 0 and len(events):
+        events = events[~isolated_event_mask(events, h, w, config.event_filter_us)]
+    timings["filter"] = _ms(t)
+    t = time.perf_counter()
+    stack = EventStack(events, h, w, job.sweep_span_s, config.n_bins)
     timings["stack"] = _ms(t)
 
     t = time.perf_counter()
     estimated = False
     if config.threshold is None:
-        threshold, estimated = estimate_threshold(stack, luminance(frame), config.log_eps)
+        # A cheap first refocus map at the default threshold says where each part of the image
+        # is in focus (the argmax barely depends on c); the threshold fit needs only that.
+        first = dense_selection(Refocuser(frame, stack, DEFAULT_THRESHOLD, config.response, "gain"),
+                                config.threshold_probe_times, config.focus_window,
+                                config.focus_presmooth, config.smooth_sigma)
+        threshold, estimated = estimate_threshold(
+            stack, config.response.forward(luminance(frame)), job.focus_at, first.refocus_map,
+            first.confidence > config.confidence_min)
     else:
         threshold = float(config.threshold)
-    refocuser = Refocuser(frame, stack, threshold, config.log_eps)
+    refocuser = Refocuser(frame, stack, threshold, config.response, config.colour)
     timings["threshold"] = _ms(t)
 
     t = time.perf_counter()
-    sel = select(refocuser, job, config)
+    sel = select(refocuser, events, config)
     timings["select"] = _ms(t)
 
     times = np.asarray(sel.times_s, dtype=np.float64)
     if config.refocus_net is not None or config.merge_net is not None:
         t = time.perf_counter()
-        images = _net_stack(refocuser, job, times, config)
+        images = _net_stack(refocuser, job, events, times, config)
         timings["refocus"] = _ms(t)
         t = time.perf_counter()
         if config.merge_net is not None:
-            ev_stacks = merge_event_stacks(job.events, times * 1e6, h, w,
+            ev_stacks = merge_event_stacks(events, times * 1e6, h, w,
                                            (stack.span_s[0] * 1e6, stack.span_s[1] * 1e6))
             weights = np.asarray(config.merge_net(images, ev_stacks), dtype=np.float32)
             if weights.shape != (times.size, h, w):
@@ -204,15 +226,15 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
         if config.merge == "refocus_map":
             aif = merge_refocus_map(refocuser, sel.refocus_map)
         else:
-            gains = sel.gains
-            if gains is None:
+            lums = sel.lums
+            if lums is None:
                 times = np.unique(times)
-                gains = refocuser.gains(times)
+                lums = refocuser.luminances(times)
             if config.merge == "gradient":
-                aif, _ = merge_gradient(refocuser, gains)
+                aif, _ = merge_gradient(refocuser, lums)
             else:
-                focus = sel.focus if sel.gains is not None else None
-                aif, _ = merge_focus(refocuser, gains, focus, config.focus_power,
+                focus = sel.focus if sel.lums is not None else None
+                aif, _ = merge_focus(refocuser, lums, focus, config.focus_power,
                                      config.focus_window, config.focus_presmooth)
         timings["merge"] = _ms(t)
 

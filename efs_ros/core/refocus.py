@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 LUMA_WEIGHTS = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 """Rec. 709 weights of linear RGB: the event sensor's response is close to luminance."""
@@ -38,9 +39,10 @@ def luminance(frame: np.ndarray) -> np.ndarray:
 
 
 def apply_gain(frame: np.ndarray, gain: np.ndarray, eps: float = DEFAULT_LOG_EPS) -> np.ndarray:
-    """Scale a frame by a per-pixel luminance gain (H x W), the same for every channel, in [0, 1]."""
+    """Scale a frame by per-pixel luminance gains ([..., H, W]), the same for every channel; the
+    result (clipped to [0, 1]) has luminance (L + eps) * gain - eps."""
     frame = np.asarray(frame, dtype=np.float32)
-    g = gain if frame.ndim == 2 else gain[..., None]
+    g = gain if frame.ndim == 2 else gain[..., None]  # [..., H, W] gains broadcast over stacks
     out = (frame + np.float32(eps)) * g - np.float32(eps)
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
@@ -112,7 +114,8 @@ class EventStack:
             flat = (bins[lo:hi] - b0) * hw + pix[lo:hi]
             part = np.bincount(flat, weights=pol[lo:hi], minlength=(b1 - b0) * hw)
             counts[b0 + 1:b1 + 1] = part.reshape(b1 - b0, hw)
-        np.cumsum(self.cum, axis=0, out=self.cum)
+        for k in range(1, n_edges):  # row-wise running sum: np.cumsum on int16 is slow
+            counts[k] += counts[k - 1]
 
     @property
     def span_s(self) -> tuple[float, float]:
@@ -167,102 +170,221 @@ class EventStack:
         return out.reshape(tm.shape)
 
 
-def log_response(lum: np.ndarray, eps: float = DEFAULT_LOG_EPS) -> np.ndarray:
-    """The sensor's log response to linear luminance, log(L + eps)."""
-    return np.log(np.maximum(lum, 0.0) + np.float32(eps)).astype(np.float32)
+@dataclass(frozen=True)
+class LogResponse:
+    """Sensor response log(L + eps): pure log above eps, a dark-current-like floor below."""
+
+    eps: float = DEFAULT_LOG_EPS
+
+    def forward(self, lum: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(lum, 0.0) + np.float32(self.eps)).astype(np.float32)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return (np.exp(y) - np.float32(self.eps)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class LinLogResponse:
+    """v2e's lin-log response: log(DN) above `linear_below_dn` digital numbers, the straight line
+    through 0 and that joint below it (DN = L * dn_scale)."""
+
+    dn_scale: float = 255.0
+    linear_below_dn: float = 20.0
+
+    def __post_init__(self):
+        if not (self.linear_below_dn > 1.0 and self.dn_scale > 0):
+            raise ValueError(f"LinLogResponse needs linear_below_dn > 1 and dn_scale > 0, got {self}")
+
+    def forward(self, lum: np.ndarray) -> np.ndarray:
+        j = self.linear_below_dn
+        dn = np.maximum(lum, 0.0) * np.float32(self.dn_scale)
+        return np.where(dn < j, dn * np.float32(np.log(j) / j),
+                        np.log(np.maximum(dn, j))).astype(np.float32)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        j = self.linear_below_dn
+        joint = np.float32(np.log(j))
+        y = np.asarray(y, dtype=np.float32)
+        out = np.exp(y)
+        dark = y < joint
+        if dark.any():
+            out[dark] = y[dark] * np.float32(j / np.log(j))
+        out *= np.float32(1.0 / self.dn_scale)
+        return out
+
+
+DEFAULT_RESPONSE = LinLogResponse()
+"""The sensors we simulate (v2e) and most DVS pixels: log above a dark linear segment."""
+
+COLOUR_FLOOR = 1.0 / 255.0
+"""Floor of the luminance ratio that recolours refocused luminance (keeps dark pixels stable)."""
+
+
+def colour_line_slopes(frame: np.ndarray, radius: int = 4, reg: float = 1e-4) -> np.ndarray:
+    """Per-pixel d(channel)/d(luminance), H x W x 3, from the frame's local colour lines.
+
+    A defocused frame mixes neighbouring surfaces: inside a window across an edge the pixels lie
+    on the line between the two surfaces' colours, so each channel is an affine function of
+    luminance there. Regressing each channel on luminance in (2 radius + 1)^2 windows (guided-
+    filter style, coefficients averaged over the windows covering a pixel) gives that slope; the
+    prior `reg` pulls it towards the pixel's own chroma ratio where luminance is flat. Moving a
+    pixel's luminance along this line recovers the pure colours of sharp edges, which a plain
+    luminance gain cannot (the gain keeps the frame's mixed chroma).
+    The slopes are luminance-consistent: their Rec. 709 weighted sum is 1.
+    """
+    frame = np.asarray(frame, dtype=np.float32)
+    lum = frame @ LUMA_WEIGHTS
+    size = 2 * int(radius) + 1
+
+    def box(x):
+        return ndimage.uniform_filter(x, size, mode="reflect")
+
+    mean_l = box(lum)
+    var_l = box(lum * lum) - mean_l * mean_l
+    ratio = (frame + np.float32(COLOUR_FLOOR)) / (lum + np.float32(COLOUR_FLOOR))[..., None]
+    slopes = np.empty_like(frame)
+    for ch in range(3):
+        x = frame[..., ch]
+        cov = box(lum * x) - mean_l * box(x)
+        slopes[..., ch] = box((cov + np.float32(reg) * ratio[..., ch]) / (var_l + np.float32(reg)))
+    # Keep the result luminance-exact despite the averaging.
+    slopes /= (slopes @ LUMA_WEIGHTS)[..., None]
+    return slopes
 
 
 @dataclass
 class Refocuser:
-    """A frame, its event stack and a contrast threshold: refocused luminance at any time."""
+    """A frame, its event stack, a contrast threshold and the sensor response: the refocused
+    luminance at any time is response^-1(response(L0) + c * S(t)), and colour follows by scaling
+    R, G, B with the luminance ratio (the sensor sees luminance only)."""
 
     frame: np.ndarray
     stack: EventStack
     threshold: float
-    eps: float = DEFAULT_LOG_EPS
+    response: LogResponse | LinLogResponse = DEFAULT_RESPONSE
+    colour_mode: str = "line"
+    """How refocused luminance becomes colour: "line" (local colour lines, see
+    colour_line_slopes) or "gain" (the frame's chroma scaled by the luminance ratio)."""
 
     def __post_init__(self):
+        if self.colour_mode not in ("line", "gain"):
+            raise ValueError(f"colour_mode must be 'line' or 'gain', got {self.colour_mode!r}")
+        self.frame = np.asarray(self.frame, dtype=np.float32)
         self.lum = luminance(self.frame)
-        self.base = self.lum + np.float32(self.eps)  # L + eps at the frame time
+        self.log0 = self.response.forward(self.lum)
+        self._slopes = None
 
-    def gains(self, times_s) -> np.ndarray:
-        """[K, H, W] luminance gains (L(t) + eps) / (L(0) + eps) at the given times."""
-        return np.exp(np.float32(self.threshold) * self.stack.counts_at(times_s))
-
-    def gains_at_edges(self, edge_index) -> np.ndarray:
-        return np.exp(np.float32(self.threshold) * self.stack.counts_at_edges(edge_index))
-
-    def gain_at_pixel_times(self, time_map_s: np.ndarray) -> np.ndarray:
-        return np.exp(np.float32(self.threshold) * self.stack.counts_at_pixel_times(time_map_s))
-
-    def luminance_from_gains(self, gains: np.ndarray) -> np.ndarray:
-        """Refocused linear luminance for gains of shape [..., H, W] (clipped to [0, 1])."""
-        return np.clip(self.base * gains - np.float32(self.eps), 0.0, 1.0)
+    def _lum(self, counts: np.ndarray) -> np.ndarray:
+        y = self.log0 + np.float32(self.threshold) * counts
+        return np.clip(self.response.inverse(y), 0.0, 1.0)
 
     def luminances(self, times_s) -> np.ndarray:
-        """[K, H, W] refocused linear luminance at the given times."""
-        return self.luminance_from_gains(self.gains(times_s))
+        """[K, H, W] refocused linear luminance at the given times (s)."""
+        return self._lum(self.stack.counts_at(times_s))
+
+    def luminances_at_edges(self, edge_index) -> np.ndarray:
+        return self._lum(self.stack.counts_at_edges(edge_index))
+
+    def luminance_at_pixel_times(self, time_map_s: np.ndarray) -> np.ndarray:
+        return self._lum(self.stack.counts_at_pixel_times(time_map_s))
+
+    def colour(self, lum: np.ndarray) -> np.ndarray:
+        """An image in the frame's layout whose luminance is `lum` ([H, W] or [K, H, W])."""
+        lum = np.asarray(lum, dtype=np.float32)
+        if self.frame.ndim == 2:
+            return np.clip(lum, 0.0, 1.0)
+        if self.colour_mode == "gain":
+            gain = (lum + np.float32(COLOUR_FLOOR)) / (self.lum + np.float32(COLOUR_FLOOR))
+            return apply_gain(self.frame, gain, COLOUR_FLOOR)
+        if self._slopes is None:
+            self._slopes = colour_line_slopes(self.frame)
+        out = self.frame + self._slopes * (lum - self.lum)[..., None]
+        return np.clip(out, 0.0, 1.0)
 
     def image(self, time_s: float) -> np.ndarray:
         """The frame refocused to one time, same layout as the frame."""
-        return apply_gain(self.frame, self.gains([time_s])[0], self.eps)
+        return self.colour(self.luminances([time_s])[0])
 
     def image_at_pixel_times(self, time_map_s: np.ndarray) -> np.ndarray:
         """Every pixel refocused to its own time (a refocus map), same layout as the frame."""
-        return apply_gain(self.frame, self.gain_at_pixel_times(time_map_s), self.eps)
+        return self.colour(self.luminance_at_pixel_times(time_map_s))
 
 
-def estimate_threshold(stack: EventStack, lum: np.ndarray, eps: float = DEFAULT_LOG_EPS,
-                       c_range: tuple[float, float] = (0.01, 2.0),
-                       fallback: float = DEFAULT_THRESHOLD) -> tuple[float, bool]:
-    """Contrast threshold c from one frame and its sweep, by conservation of light.
+def _smoothed_gradients(x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    if sigma > 0:
+        x = ndimage.gaussian_filter(x, sigma, mode="reflect")
+    return np.diff(x, axis=0)[:, :-1], np.diff(x, axis=1)[:-1, :]
 
-    Defocus only redistributes light, so a large region's total linear intensity is the same at
-    every focus setting. Refocused with c, the image total at time t is
-    f_t(c) = sum (L0 + eps) exp(c S_t), S_t = signed event count from the frame to t.
-    f_t(0) = f_t(c_true) = sum (L0 + eps), and f_t is convex in c, so c_true is the one positive
-    root of g(c) = sum_t (f_t(c) / f_t(0) - 1) (g < 0 below it, > 0 above). Each f_t only needs
-    the L0-weighted histogram of the integer counts S_t, so the root search costs almost nothing.
 
-    Returns (c, True) or (fallback, False) when there is no root in c_range (too few events).
+def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, refocus_map_s: np.ndarray,
+                       weight: np.ndarray | None = None, smooth: float = 0.5, min_ratio: float = 2.0,
+                       erode: int = 4, c_range: tuple[float, float] = (0.05, 0.6),
+                       fallback: float = DEFAULT_THRESHOLD, min_pixels: int = 200) -> tuple[float, bool]:
+    """Contrast threshold c from one frame and its sweep: the c that makes defocus look like
+    defocus.
+
+    Where the sweep ends far more out of focus than the frame is (vergence error at the end >=
+    `min_ratio` x that at the frame, judged from a first refocus map), the refocused log image
+    y0 + c S_end must have lost the frame's detail: its gradients are those of a much blurrier
+    image, close to zero. With c too small the frame's edges remain, with c too large they come
+    back inverted, so c = argmin |grad(y0 + c S_end)|^2 = -<grad y0, grad S> / |grad S|^2 over
+    those pixels (eroded, so light from nearer surfaces does not leak in). A light Gaussian
+    (`smooth` px) before the gradients keeps per-pixel quantisation noise in S, which would
+    drag c towards 0, out of the fit.
+
+    Returns (c, True), or (fallback, False) when too few pixels qualify or the fit falls
+    outside c_range.
     """
-    base = (np.maximum(lum, 0.0) + eps).astype(np.float64).ravel()
-    if stack.n_events == 0 or stack.edges_s.size < 2:
+    t0, t1 = stack.span_s
+    ends = np.array([t0, t1])
+    v_ends = np.asarray(vergence_at(ends), dtype=np.float64)
+    v0 = float(vergence_at(0.0))
+    v_star = np.asarray(vergence_at(refocus_map_s), dtype=np.float64)
+    frame_err = np.maximum(np.abs(v0 - v_star), 0.05)
+    counts = stack.counts_at(ends)
+    gy0, gx0 = _smoothed_gradients(np.asarray(log_frame, np.float64), smooth)
+    num = den = 0.0
+    n_used = 0
+    for k in range(2):
+        mask = np.abs(v_ends[k] - v_star) >= min_ratio * frame_err
+        if weight is not None:
+            mask &= weight > 0
+        if erode > 0:
+            mask = ndimage.binary_erosion(mask, iterations=erode)
+        mask = mask[:-1, :-1]
+        if not mask.any():
+            continue
+        gys, gxs = _smoothed_gradients(counts[k].astype(np.float64), smooth)
+        num += float(((gy0 * gys + gx0 * gxs) * mask).sum())
+        den += float(((gys * gys + gxs * gxs) * mask).sum())
+        n_used += int(((gys != 0) & mask).sum())
+    if n_used < min_pixels or den <= 0:
         return fallback, False
-    # Every edge gives an equation; about 32 of them carry all the information there is.
-    edge_idx = np.unique(np.linspace(0, stack.edges_s.size - 1, min(stack.edges_s.size, 33)).round()
-                         .astype(np.int64))
-    n_edges = edge_idx.size
-    flat = stack.cum.reshape(stack.cum.shape[0], -1)
-    counts = flat[edge_idx].astype(np.int64) - flat[stack.origin].astype(np.int64)[None, :]
-    lo, hi = int(counts.min()), int(counts.max())
-    if lo == hi:
+    c = -num / den
+    if not (c_range[0] <= c <= c_range[1]):
         return fallback, False
-    nv = hi - lo + 1
-    key = (np.arange(n_edges)[:, None] * nv + (counts - lo)).ravel()
-    hist = np.bincount(key, weights=np.broadcast_to(base, counts.shape).ravel(),
-                       minlength=n_edges * nv).reshape(n_edges, nv)
-    values = np.arange(lo, hi + 1, dtype=np.float64)
-    total = base.sum()
+    return float(c), True
 
-    def g(c: float) -> float:
-        return float((hist * np.exp(np.minimum(c * values, 700.0))[None, :]).sum() / total
-                     - n_edges)
 
-    a, b = c_range
-    grid = np.geomspace(a, b, 48)
-    vals = np.array([g(c) for c in grid])
-    sign_change = np.flatnonzero((vals[:-1] < 0) & (vals[1:] >= 0))
-    if vals[0] >= 0 or sign_change.size == 0:
-        return fallback, False
-    lo_c, hi_c = grid[sign_change[0]], grid[sign_change[0] + 1]
-    for _ in range(40):
-        mid = 0.5 * (lo_c + hi_c)
-        if g(mid) < 0:
-            lo_c = mid
-        else:
-            hi_c = mid
-    return float(0.5 * (lo_c + hi_c)), True
+def isolated_event_mask(events: np.ndarray, height: int, width: int, window_us: float = 3000.0
+                        ) -> np.ndarray:
+    """True for events with no other event in their 3 x 3 pixel neighbourhood (the pixel itself
+    included) within about +-window_us: the background-activity filter of event cameras.
+
+    Edges moving through defocus fire in spatially and temporally coherent bursts; shot noise
+    and leak events are isolated. Time is binned at window_us, neighbours in the same or an
+    adjacent bin count (so the window is 1 to 2 x window_us wide)."""
+    _check_events(events, height, width)
+    if len(events) == 0:
+        return np.zeros(0, dtype=bool)
+    t = events["t"]
+    b = (t - t.min()) // max(int(window_us), 1)
+    n_b = int(b.max()) + 1
+    hw = height * width
+    key = b * hw + _pixel_index(events, width)
+    counts = np.bincount(key, minlength=n_b * hw).reshape(n_b, height, width).astype(np.float32)
+    block = ndimage.uniform_filter(counts, size=3, mode="constant") * np.float32(27.0)
+    return block.ravel()[key] < 1.5  # only the event itself
 
 
 def _pixel_index(events: np.ndarray, width: int) -> np.ndarray:
@@ -326,8 +448,9 @@ def merge_event_stacks(events: np.ndarray, times_us, height: int, width: int,
     return out.reshape(times.size, height, width).astype(np.float32)
 
 
-def log_frame_chw(frame: np.ndarray, eps: float = DEFAULT_LOG_EPS) -> np.ndarray:
-    """The refocus net's image input: log(frame + eps) as [C, H, W] float32 (C = 1 or 3)."""
+def log_frame_chw(frame: np.ndarray, response=DEFAULT_RESPONSE) -> np.ndarray:
+    """The refocus net's image input: each channel through the sensor response, [C, H, W]
+    float32 (C = 1 or 3); the net's output goes back through response.inverse."""
     frame = np.asarray(frame, dtype=np.float32)
     chw = frame[None] if frame.ndim == 2 else np.transpose(frame, (2, 0, 1))
-    return np.log(np.maximum(chw, 0.0) + np.float32(eps)).astype(np.float32)
+    return response.forward(chw)
