@@ -204,7 +204,7 @@ def run(args) -> int:
     params = node_parameters(args)
     context = rclpy.Context()
     rclpy.init(context=context)
-    nodes, executor = [], None
+    nodes, executor, spinner, spinning = [], None, None, None
     try:
         for spec in nodes_for("sim"):
             overrides = [Parameter(k, value=v) for k, v in params[spec.name].items()]
@@ -218,7 +218,14 @@ def run(args) -> int:
         executor = MultiThreadedExecutor(num_threads=4, context=context)
         for node in nodes:
             executor.add_node(node)
-        threading.Thread(target=executor.spin, name="efs_demo_executor", daemon=True).start()
+        spinning = threading.Event()
+        spinning.set()
+
+        def spin():
+            while spinning.is_set():
+                executor.spin_once(timeout_sec=0.1)
+        spinner = threading.Thread(target=spin, name="efs_demo_executor", daemon=True)
+        spinner.start()
         print(f"{PROG}: focus_controller (sim lens) + sim_rig {args.width}x{args.height} + "
               f"all_in_focus ({args.method}, {args.backend}); waiting for {args.jobs} images",
               flush=True)
@@ -244,9 +251,14 @@ def run(args) -> int:
                             f"(all_in_focus: {why}; last fault: {status.get('last_fault', '')})")
         rows = write_results(args.out, collector, stamps)
     finally:
+        if spinner is not None:  # stop taking work before anything is destroyed
+            spinning.clear()
+            spinner.join(timeout=5.0)
         if executor is not None:
-            executor.shutdown(timeout_sec=2.0)
-        for node in nodes:
+            executor.shutdown(timeout_sec=5.0)
+        for node in reversed(nodes):  # consumers first, the lens (whose thread publishes) last
+            if executor is not None:
+                executor.remove_node(node)
             node.destroy_node()
         rclpy.try_shutdown(context=context)
     print(f"{'stamp_ns':>20}  {'input dB':>8}  {'output dB':>9}")
