@@ -164,3 +164,35 @@ def test_bad_input_is_counted_and_output_continues(graph):
     assert listener.wait_until(lambda: len(_outputs(listener)) >= n_outputs + 3, 60), \
         (latest_status(listener, STATUS), procs[2].log())
     assert procs[2].proc.poll() is None
+
+
+def set_remote_parameters(listener, node_name: str, **values) -> None:
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client = AsyncParameterClient(listener.node, node_name)
+    assert client.wait_for_services(timeout_sec=10)
+    future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+    assert listener.wait_until(future.done, 10)
+    assert all(r.successful for r in future.result().results), future.result()
+
+
+def test_silent_inputs_are_reported_and_recovered_from(graph):
+    """Camera silence, then event-camera silence: each reported, then output resumes."""
+    procs, listener = graph
+    assert listener.wait_until(lambda: len(_outputs(listener)) >= 2, 90), procs[2].log()
+    for topic, parameter in (("frames", "publish_frames"), ("events", "publish_events")):
+        set_remote_parameters(listener, "sim_rig", **{parameter: False})
+        try:
+            assert listener.wait_until(  # input_timeout_s is 2 s
+                lambda t=topic: f"{t} silent" in latest_status(listener, STATUS)["message"], 8), \
+                latest_status(listener, STATUS)
+            status = latest_status(listener, STATUS)
+            assert int(status["level"]) >= 1 and float(status[f"{topic}_silent_s"]) > 2.0
+            assert procs[2].proc.poll() is None
+        finally:
+            set_remote_parameters(listener, "sim_rig", **{parameter: True})
+        resumed = len(_outputs(listener))
+        assert listener.wait_until(lambda n=resumed: len(_outputs(listener)) >= n + 2, 30), \
+            (topic, latest_status(listener, STATUS))
+        assert listener.wait_until(
+            lambda t=topic: f"{t} silent" not in latest_status(listener, STATUS)["message"], 5)

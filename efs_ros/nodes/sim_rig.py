@@ -106,6 +106,8 @@ class RigSettings:
     clock_drift_ppm: float = 0.0
     sensor_time_offset_us: int = 0
     with_triggers: bool = False
+    publish_events: bool = True
+    publish_frames: bool = True
     diagnostics_period_s: float = 1.0
 
     def sensor_config(self) -> SensorConfig:
@@ -163,6 +165,8 @@ _DESCRIPTORS = {
                                        "soon)", 0, 2**40, read_only=True),
     "with_triggers": text_param("EXT_TRIGGER pairs (channel 0) at exposure start and end",
                                 read_only=True),
+    "publish_events": text_param("false = the event camera goes silent (fault drills)"),
+    "publish_frames": text_param("false = the frame camera goes silent (fault drills)"),
     "diagnostics_period_s": float_param("period of /diagnostics, seconds", 0.1, 10.0,
                                         read_only=True),
 }
@@ -422,7 +426,8 @@ class SimRigNode(Node):
                     chunks.append(ev)
             events = np.concatenate(chunks) if chunks else None
             triggers = self._triggers_between(t_prev, stamp_ns) if s.with_triggers else None
-            self._publish_events(events, triggers, s)
+            if s.publish_events:
+                self._publish_events(events, triggers, s)
             for k_ns, k_dpt in zip(knots_ns, knots_dpt, strict=True):
                 self._trajectory.append((int(k_ns), float(k_dpt)))
             while self._trajectory and self._trajectory[0][0] < stamp_ns - TRAJECTORY_KEEP_S * 1e9:
@@ -518,7 +523,7 @@ class SimRigNode(Node):
         period, mid = self._frame_grid(s)
         half = 0.5 * s.exposure_s * 1e9
         while mid + half <= now_ns:
-            if mid - half >= self._trajectory[0][0]:
+            if mid - half >= self._trajectory[0][0] and s.publish_frames:
                 self._publish_frame(mid, s)
             mid += period
         self._next_frame_ns = mid
