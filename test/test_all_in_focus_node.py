@@ -15,6 +15,8 @@ from efs_ros.nodes.convert import make_event_packet, make_focus_state, numpy_to_
 
 SIZE = {"width": 96, "height": 72}
 STATUS = "all_in_focus: pipeline"
+BUFFER_CAP = 150_000
+"""Events the node may hold in the graph tests (a 96x72 sweep has ~10-20 k)."""
 
 
 @pytest.fixture
@@ -73,7 +75,9 @@ def graph(tmp_path_factory):
         NodeProcess("efs_ros.nodes.sim_rig", {**SIZE, "frame_rate_hz": 5.0,
                                               "max_blur_radius_px": 6.0}, log_dir=logs),
         NodeProcess("efs_ros.nodes.all_in_focus", {"backend": "classical", "method": "golden",
-                                                   "max_pending_jobs": 8}, log_dir=logs),
+                                                   "max_pending_jobs": 8,
+                                                   "max_buffered_events": BUFFER_CAP},
+                    log_dir=logs),
     ]
     listener = Listener()
     for topic in ("/efs/all_in_focus", "/camera/image_raw", "/ground_truth/all_in_focus"):
@@ -196,3 +200,42 @@ def test_silent_inputs_are_reported_and_recovered_from(graph):
             (topic, latest_status(listener, STATUS))
         assert listener.wait_until(
             lambda t=topic: f"{t} silent" not in latest_status(listener, STATUS)["message"], 5)
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_event_flood_is_bounded_counted_and_survived(graph):
+    """1 M events/s (a sweep then holds ~3x the buffer): memory stays capped, the excess is
+    dropped oldest-first and counted, the sweeps it damaged give no image (skipped, not
+    garbage), diagnostics keep coming, and output resumes when the flood ends."""
+    procs, listener = graph
+    assert listener.wait_until(lambda: len(_outputs(listener)) >= 2, 90), procs[2].log()
+    before = latest_status(listener, STATUS)
+    rss_before = rss_mb(procs[2].proc.pid)
+    set_remote_parameters(listener, "sim_rig", flood_events_per_s=1_000_000.0)
+    flood_started = time.monotonic()
+    rss = []
+    try:
+        while time.monotonic() - flood_started < 5.0:
+            rss.append(rss_mb(procs[2].proc.pid))
+            time.sleep(0.25)
+    finally:
+        set_remote_parameters(listener, "sim_rig", flood_events_per_s=0.0)
+    during = [st[STATUS] for _, st, arrived in listener.items("/diagnostics")
+              if STATUS in st and flood_started + 1.0 <= arrived]
+    assert len(during) >= 3, "the node stopped answering during the flood"
+    assert max(int(st["buffer_events"]) for st in during) <= BUFFER_CAP
+    after = during[-1]
+    dropped = int(after["events_dropped"]) - int(before["events_dropped"]) + \
+        int(after["packets_lost"]) - int(before["packets_lost"])
+    assert dropped > 0
+    assert int(after["jobs_skipped"]) > int(before["jobs_skipped"])
+    assert max(rss) < rss_before + 200, (rss_before, max(rss))  # 150 k events are 2 MB
+    resumed = len(_outputs(listener))
+    assert listener.wait_until(lambda: len(_outputs(listener)) >= resumed + 2, 30), \
+        latest_status(listener, STATUS)

@@ -10,6 +10,15 @@ Publishes /efs/all_in_focus (encoding, size and header of the input frame), /efs
 and /efs/depth (32FC1) per job, and /diagnostics at 1 Hz on a steady clock (it keeps
 reporting when a replayed bag's /clock stops).
 
+Memory and drop policy (all counted in /diagnostics): the event subscription keeps at most
+`events_queue_depth` packets (best effort: the oldest are overwritten when the callbacks fall
+behind; seq gaps show as packets_lost); the assembler holds at most `max_buffered_events`
+decoded events (13 bytes each) and drops the OLDEST beyond (events_dropped), skipping the jobs
+whose sweep lost events (jobs_skipped) rather than publishing a wrong image; at most
+`max_pending_frames` frames wait for their sweep (frames_dropped); at most `max_pending_jobs`
+jobs wait for the worker, the oldest dropped (jobs_dropped). The pipeline runs in a child
+process (`pipeline_process`), so these callbacks never wait for it.
+
     python -m efs_ros.nodes.all_in_focus --ros-args -p backend:=classical -p method:=dense
 """
 from __future__ import annotations

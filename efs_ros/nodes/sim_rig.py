@@ -107,6 +107,7 @@ class RigSettings:
     sensor_time_offset_us: int = 0
     with_triggers: bool = False
     publish_events: bool = True
+    flood_events_per_s: float = 0.0
     publish_frames: bool = True
     diagnostics_period_s: float = 1.0
 
@@ -166,6 +167,8 @@ _DESCRIPTORS = {
     "with_triggers": text_param("EXT_TRIGGER pairs (channel 0) at exposure start and end",
                                 read_only=True),
     "publish_events": text_param("false = the event camera goes silent (fault drills)"),
+    "flood_events_per_s": float_param("extra random events per second on top of the scene's "
+                                      "(load drills; 0 = none)", 0.0, 1e9),
     "publish_frames": text_param("false = the frame camera goes silent (fault drills)"),
     "diagnostics_period_s": float_param("period of /diagnostics, seconds", 0.1, 10.0,
                                         read_only=True),
@@ -424,7 +427,11 @@ class SimRigNode(Node):
                 self._stats["steps"] += 1
                 if ev.size:
                     chunks.append(ev)
+            if s.flood_events_per_s > 0:
+                chunks.append(self._flood(t_prev, stamp_ns, s))
             events = np.concatenate(chunks) if chunks else None
+            if events is not None and s.flood_events_per_s > 0:
+                events = events[np.argsort(events["t"], kind="stable")]
             triggers = self._triggers_between(t_prev, stamp_ns) if s.with_triggers else None
             if s.publish_events:
                 self._publish_events(events, triggers, s)
@@ -435,6 +442,17 @@ class SimRigNode(Node):
             self._last_stamp_ns = stamp_ns
             self._emit_frames(stamp_ns, s)
         self._step_ms.append(1e3 * (time.perf_counter() - t_wall))
+
+    def _flood(self, t0_ns: int, t1_ns: int, s: RigSettings) -> np.ndarray:
+        """Uniform random events in (t0, t1]: a scene far busier than the simulated one."""
+        n = int(self._rng.poisson(s.flood_events_per_s * (t1_ns - t0_ns) * 1e-9))
+        lo, hi = self._clock_map.to_sensor_us([t0_ns, t1_ns])
+        out = np.empty(n, EVENT_DTYPE)
+        out["t"] = np.sort(self._rng.integers(int(np.floor(lo)) + 1, int(np.floor(hi)) + 1, n))
+        out["x"] = self._rng.integers(0, s.width, n)
+        out["y"] = self._rng.integers(0, s.height, n)
+        out["p"] = self._rng.choice(np.array([-1, 1], np.int8), n)
+        return out
 
     def _restart(self, stamp_ns: int, dpt: float) -> None:
         """First reading, or ROS time went back (sim time restarted): a new sensor time base.
