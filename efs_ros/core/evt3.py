@@ -119,30 +119,100 @@ _P_FROM_WORD_TOP = np.where(np.arange(32) & 1, 1, -1).astype(np.int8)
 """Polarity (+1/-1) indexed by word >> 11 (type and bit 11) for ADDR_X and VECT_BASE_X."""
 BLOCK_WORDS = 1 << 18
 """Large inputs are decoded in blocks of this many words (state carried exactly between them) so
-the working arrays stay in cache."""
+the working arrays stay in cache. Faults are counted per kind and block by both backends."""
+
+# Fault kinds, in the order faults found at the same word are listed.
+F_UNKNOWN, F_NO_STATE, F_BACKWARDS, F_RANGE, F_TRIGGER_NO_TIME = range(5)
+N_FAULT_KINDS = 5
+
+# The compiled backend's int64 in/out array: two register sets (the current one and the one the
+# kernel writes; the decoder flips between them, so a strict-mode fault leaves the state as it
+# was), the configuration, and the counters the kernel returns.
+IO_REGS_A, IO_REGS_B = 0, 8
+"""Register sets: the Evt3State fields y .. words, in that order."""
+IO_REGS_IN, IO_REGS_OUT, IO_X_LIMIT, IO_Y_LIMIT, IO_MAX_JITTER, IO_STRICT, IO_BLOCK_WORDS = range(16, 23)
+(IO_EVENTS, IO_TRIGGERS, IO_FAULTS, IO_WORDS_DONE, IO_RESERVED, IO_JITTER, IO_CUT_EVENTS,
+ IO_CUT_TRIGGERS) = range(24, 32)
+IO_SIZE = 32
+N_REGS = 8
+# Columns of the kernel's fault records (one per kind and block with such faults): the first
+# faulty word's type and value, and (backwards) previous and new time or (range) x and y.
+FR_BLOCK, FR_KIND, FR_WORD, FR_COUNT, FR_TYPE, FR_VALUE, FR_A, FR_B = range(8)
+N_FAULT_COLS = 8
+
+BACKENDS = ("auto", "numba", "numpy")
+_kernel_module = None
+_kernel_error: str | None = None
+
+
+def _load_kernel():
+    """The compiled kernel module, imported (numba is slow to import) and warmed on first use;
+    None if numba is unavailable."""
+    global _kernel_module, _kernel_error
+    if _kernel_module is None and _kernel_error is None:
+        try:
+            from efs_ros.core import _evt3_kernel
+        except ImportError as err:
+            _kernel_error = f"numba backend unavailable: {err}"
+        else:
+            _kernel_module = _evt3_kernel
+            _warm(_evt3_kernel)
+    return _kernel_module
+
+
+def _warm(kernel) -> None:
+    """Compile (or load from the on-disk cache) the one specialisation the decoder calls."""
+    decoder = Evt3Decoder(backend="numba")
+    decoder.decode(np.array([0x8001, 0x6005, 0x0007, 0x2803, 0x3010, 0x4005, 0xA001], "<u2").tobytes())
+
+
+def warm_up(backend: str = "auto") -> str:
+    """Load the compiled decoder now (first use costs up to a few seconds of JIT compilation
+    when its disk cache is cold); returns the backend an `Evt3Decoder(backend=...)` uses."""
+    return Evt3Decoder(backend=backend).backend
 
 
 class Evt3Decoder:
     """Stateful EVT 3.0 decoder: feed packets in order, get events with unwrapped time.
 
     width/height, when given, turn events outside the sensor into faults. `max_jitter_us` is the
-    largest backward step of event time accepted silently (see DEFAULT_MAX_JITTER_US).
+    largest backward step of event time accepted silently (see DEFAULT_MAX_JITTER_US). `backend`:
+    "numba" (compiled single pass, releases the GIL), "numpy" (vectorised reference) or "auto"
+    (numba when installed). Both give identical results, stats and fault messages.
     """
 
     def __init__(self, width: int | None = None, height: int | None = None, *,
-                 max_jitter_us: int = DEFAULT_MAX_JITTER_US):
+                 max_jitter_us: int = DEFAULT_MAX_JITTER_US, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if int(max_jitter_us) < 0:
+            raise ValueError(f"max_jitter_us must be >= 0, got {max_jitter_us}")
         self.width = width
         self.height = height
         self.max_jitter_us = int(max_jitter_us)
+        self._kernel = None if backend == "numpy" else _load_kernel()
+        if backend == "numba" and self._kernel is None:
+            raise ImportError(_kernel_error)
+        self.backend = "numpy" if self._kernel is None else "numba"
+        self._io = np.zeros(IO_SIZE, np.int64)
+        self._io[IO_X_LIMIT] = 2048 if width is None else width
+        self._io[IO_Y_LIMIT] = 2048 if height is None else height
+        self._io[IO_MAX_JITTER] = self.max_jitter_us
+        self._fault_records = np.empty((N_FAULT_KINDS, N_FAULT_COLS), np.int64)
         self.reset()
 
     def reset(self) -> None:
-        self._state = Evt3State()
+        self._regs_at = IO_REGS_A
+        self._set_regs(Evt3State())
+        self._pending = b""
         self.stats: dict[str, int] = {}
+
+    def _set_regs(self, st: Evt3State) -> None:
+        self._io[self._regs_at:self._regs_at + N_REGS] = dataclasses.astuple(st)[:N_REGS]
 
     @property
     def state(self) -> Evt3State:
-        return self._state
+        return Evt3State(*self._io[self._regs_at:self._regs_at + N_REGS].tolist(), pending=self._pending)
 
     def decode(self, data, strict: bool = False) -> DecodedChunk:
         """Decode one packet (bytes, bytearray, memoryview or uint8 ndarray) of the stream.
@@ -150,13 +220,26 @@ class Evt3Decoder:
         In strict mode a fault raises Evt3Error and leaves the decoder as it was before the call.
         """
         buf = _as_buffer(data)
-        st = self._state
-        if st.pending:
-            buf = st.pending + bytes(buf)
+        if self._pending:
+            buf = self._pending + bytes(buf)
         n_bytes = len(buf)
-        n_words = n_bytes // 2
-        pending = bytes(buf[n_bytes - 1:]) if n_bytes % 2 else b""
-        words = np.frombuffer(buf, dtype="<u2", count=n_words)
+        n_words = n_bytes >> 1
+        pending = bytes(buf[n_bytes - 1:]) if n_bytes & 1 else b""
+        if n_words == 0:
+            chunk = _empty_chunk()
+        elif self._kernel is not None:
+            chunk = self._decode_compiled(buf, n_words, strict)
+        else:
+            chunk = self._decode_numpy(np.frombuffer(buf, dtype="<u2", count=n_words), strict)
+        self._pending = pending
+        if chunk.stats:
+            for key, value in chunk.stats.items():
+                self.stats[key] = self.stats.get(key, 0) + value
+        return chunk
+
+    def _decode_numpy(self, words: np.ndarray, strict: bool) -> DecodedChunk:
+        st = self.state
+        n_words = words.size
         if n_words <= BLOCK_WORDS + BLOCK_WORDS // 2:
             chunk, new_state, first_fault = _decode_block(
                 words, st, self.width, self.height, self.max_jitter_us, strict)
@@ -173,25 +256,92 @@ class Evt3Decoder:
                 if first_fault is not None and strict:
                     raise Evt3Error(first_fault, _join(chunks))
             chunk = _join(chunks)
-        self._state = dataclasses.replace(new_state, pending=pending) if pending else new_state
-        for key, value in chunk.stats.items():
-            self.stats[key] = self.stats.get(key, 0) + value
+        self._set_regs(new_state)
         return chunk
+
+    def _decode_compiled(self, buf, n_words: int, strict: bool) -> DecodedChunk:
+        kernel = self._kernel
+        words = np.frombuffer(buf, dtype="<u2", count=n_words)
+        if not words.flags.aligned:  # a view at an odd offset: one specialisation of the kernel
+            words = words.copy()
+        words.flags.writeable = False
+        n_events, n_triggers = kernel.count_outputs(words)
+        events = np.empty(n_events, EVENT_DTYPE)
+        triggers = np.empty(n_triggers, TRIGGER_DTYPE)
+        io = self._io
+        block = n_words if n_words <= BLOCK_WORDS + BLOCK_WORDS // 2 else BLOCK_WORDS
+        n_records = -(-n_words // block) * N_FAULT_KINDS
+        if n_records > len(self._fault_records):
+            self._fault_records = np.empty((n_records, N_FAULT_COLS), np.int64)
+        regs_at = self._regs_at
+        io[IO_REGS_IN] = regs_at
+        io[IO_REGS_OUT] = regs_at ^ (IO_REGS_A ^ IO_REGS_B)
+        io[IO_STRICT] = strict
+        io[IO_BLOCK_WORDS] = block
+        kernel.decode_words(words, io, events, triggers, self._fault_records)
+        n_ev, n_tr, n_faults, words_done, n_reserved, n_jitter, cut_events, cut_triggers = \
+            io[IO_EVENTS:IO_SIZE].tolist()
+        if n_ev < n_events:
+            events = events[:n_ev]
+        if n_tr < n_triggers:
+            triggers = triggers[:n_tr]
+        stats = {}
+        if n_reserved:
+            stats["reserved_0x9"] = n_reserved
+        if n_jitter:
+            stats["time_jitter"] = n_jitter
+        if not n_faults:
+            self._regs_at = io[IO_REGS_OUT]
+            return DecodedChunk(events, triggers, [], n_words, stats)
+        records = sorted(self._fault_records[:n_faults].tolist(),
+                         key=lambda r: (r[FR_BLOCK], r[FR_WORD], r[FR_KIND]))
+        faults = [_fault_message(r[FR_KIND], r[FR_WORD], r[FR_COUNT], r[FR_TYPE], r[FR_VALUE],
+                                 r[FR_A], r[FR_B], self.width, self.height, self.max_jitter_us)
+                  for r in records]
+        dropped = [r[FR_COUNT] for r in records if r[FR_KIND] in (F_NO_STATE, F_RANGE)]
+        if dropped:
+            stats["dropped_events"] = sum(dropped)
+        stats["faults"] = n_faults
+        if strict:
+            raise Evt3Error(faults[0], DecodedChunk(events[:cut_events], triggers[:cut_triggers], faults,
+                                                    words_done, stats))
+        self._regs_at = io[IO_REGS_OUT]
+        return DecodedChunk(events, triggers, faults, n_words, stats)
 
     def finish(self, strict: bool = False) -> DecodedChunk:
         """End of stream: a leftover odd byte is a truncated word (a fault)."""
-        st = self._state
         chunk = _empty_chunk()
-        if st.pending:
-            message = (f"truncated data: {len(st.pending)} trailing byte (0x{st.pending[0]:02X}) "
-                       f"after {st.words} whole word(s) is not a whole 16-bit word")
+        if self._pending:
+            pending = self._pending
+            message = (f"truncated data: {len(pending)} trailing byte (0x{pending[0]:02X}) "
+                       f"after {self.state.words} whole word(s) is not a whole 16-bit word")
             if strict:
                 raise Evt3Error(message, chunk)
             chunk.faults.append(message)
             chunk.stats["faults"] = 1
             self.stats["faults"] = self.stats.get("faults", 0) + 1
-            self._state = dataclasses.replace(st, pending=b"")
+            self._pending = b""
         return chunk
+
+
+def _fault_message(kind: int, word: int, count: int, ty: int, value: int, a: int, b: int,
+                   width, height, max_jitter: int) -> str:
+    """One line per fault kind and block: count, and the first faulty word (stream index, type,
+    value), with (backwards) the previous and new time or (range) the event's x and y."""
+    if kind == F_UNKNOWN:
+        return (f"unknown word type 0x{ty:X} at word {word} (value 0x{value:04X}); "
+                f"{count} such word(s) skipped")
+    if kind == F_NO_STATE:
+        return (f"{count} event(s) before the ADDR_Y/TIME_HIGH/VECT_BASE_X they need, dropped "
+                f"(first at word {word}, type 0x{ty:X}, value 0x{value:04X})")
+    if kind == F_BACKWARDS:
+        return (f"time went backwards by {a - b} us at word {word} (type 0x{ty:X}, value 0x{value:04X}: "
+                f"{a} -> {b} us); {count} backward step(s) over the {max_jitter} us jitter tolerance")
+    if kind == F_RANGE:
+        return (f"{count} event(s) outside the {width}x{height} sensor, dropped "
+                f"(first at word {word}: x={a}, y={b}, type 0x{ty:X}, value 0x{value:04X})")
+    return (f"{count} trigger(s) before the first TIME_HIGH, dropped "
+            f"(first at word {word}, value 0x{value:04X})")
 
 
 def _join(chunks: list[DecodedChunk]) -> DecodedChunk:
@@ -291,8 +441,8 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
         if has_unknown:
             where = np.flatnonzero((_UNKNOWN_TYPES_MASK >> ty) & 1)
             i = int(where[0])
-            faults.append((i, f"unknown word type 0x{int(ty[i]):X} at word {first_index + i} "
-                              f"(value 0x{int(w[i]):04X}); {where.size} such word(s) skipped"))
+            faults.append((i, F_UNKNOWN, _fault_message(F_UNKNOWN, first_index + i, where.size, int(ty[i]),
+                                                        int(w[i]), 0, 0, width, height, max_jitter)))
 
     # ---- y: the i-th ADDR_Y value is y_vals[i - 1]; count_y says how many came up to a word ----
     m_y = ty == ADDR_Y
@@ -358,9 +508,8 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
                 bad = np.flatnonzero(no_state)
                 i = int(src[bad[0]])
                 n_bad = bad.size if mask_c is None else int(_POPCOUNT[mask_c[bad]].sum())
-                faults.append((i, f"{n_bad} event(s) before the ADDR_Y/TIME_HIGH/VECT_BASE_X they need, "
-                                  f"dropped (first at word {first_index + i}, type 0x{int(ty[i]):X}, "
-                                  f"value 0x{int(w[i]):04X})"))
+                faults.append((i, F_NO_STATE, _fault_message(F_NO_STATE, first_index + i, n_bad, int(ty[i]),
+                                                             int(w[i]), 0, 0, width, height, max_jitter)))
                 stats["dropped_events"] = n_bad
                 keep = ~no_state
                 src, x_c, pol_c, y_c, t_c = src[keep], x_c[keep], pol_c[keep], y_c[keep], t_c[keep]
@@ -368,6 +517,27 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
     else:
         y_c = np.zeros(0, np.uint16)
         t_c = np.zeros(0, np.int64)
+
+    # ---- time order (per placed event word, in or outside the sensor): small backward steps are
+    # jitter, larger ones faults ----
+    last_t = st.last_t
+    if t_c.size:
+        if last_t > t_c[0] or (t_c[1:] < t_c[:-1]).any():
+            prev_t = np.empty(t_c.size, np.int64)
+            prev_t[0] = max(last_t, int(t_c[0]))
+            prev_t[1:] = t_c[:-1]
+            step = prev_t - t_c
+            jitter = (step > 0) & (step <= max_jitter)
+            if jitter.any():
+                stats["time_jitter"] = int(np.count_nonzero(jitter))
+            big = np.flatnonzero(step > max_jitter)
+            if big.size:
+                j = int(big[0])
+                i = int(src[j])
+                message = _fault_message(F_BACKWARDS, first_index + i, big.size, int(ty[i]), int(w[i]),
+                                         int(prev_t[j]), int(t_c[j]), width, height, max_jitter)
+                faults.append((i, F_BACKWARDS, message))
+        last_t = int(t_c[-1])
 
     # ---- outside the sensor: per word for ADDR_X, per event for vectors (after expansion) ----
     x_limit = 2048 if width is None else width
@@ -386,27 +556,6 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
                 src, x_c, pol_c, y_c, t_c = src[keep], x_c[keep], pol_c[keep], y_c[keep], t_c[keep]
             else:
                 vector_range_check = True
-
-    # ---- time order (per event word): small backward steps are jitter, larger ones faults ----
-    last_t = st.last_t
-    if t_c.size:
-        if last_t > t_c[0] or (t_c[1:] < t_c[:-1]).any():
-            prev_t = np.empty(t_c.size, np.int64)
-            prev_t[0] = max(last_t, int(t_c[0]))
-            prev_t[1:] = t_c[:-1]
-            step = prev_t - t_c
-            jitter = (step > 0) & (step <= max_jitter)
-            if jitter.any():
-                stats["time_jitter"] = int(np.count_nonzero(jitter))
-            big = np.flatnonzero(step > max_jitter)
-            if big.size:
-                j = int(big[0])
-                i = int(src[j])
-                faults.append((i, f"time went backwards by {int(step[j])} us at word {first_index + i} "
-                                  f"(type 0x{int(ty[i]):X}, value 0x{int(w[i]):04X}: "
-                                  f"{int(prev_t[j])} -> {int(t_c[j])} us); {big.size} backward step(s) "
-                                  f"over the {max_jitter} us jitter tolerance"))
-        last_t = int(t_c[-1])
 
     # ---- events: one per ADDR_X word, one per set bit of each vector word ----
     if mask_c is None:
@@ -447,8 +596,9 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
         no_time = (trig_t < 0) | (kt < 0)
         if no_time.any():
             i = int(trig_src[np.flatnonzero(no_time)[0]])
-            faults.append((i, f"{int(no_time.sum())} trigger(s) before the first TIME_HIGH, dropped "
-                              f"(first at word {first_index + i}, value 0x{int(w[i]):04X})"))
+            faults.append((i, F_TRIGGER_NO_TIME, _fault_message(F_TRIGGER_NO_TIME, first_index + i,
+                                                                int(no_time.sum()), int(ty[i]), int(w[i]),
+                                                                0, 0, width, height, max_jitter)))
             trig_src, trig_words, trig_t = trig_src[~no_time], trig_words[~no_time], trig_t[~no_time]
         triggers = np.empty(trig_src.size, TRIGGER_DTYPE)
         triggers["t"] = trig_t
@@ -459,24 +609,23 @@ def _decode_block(words: np.ndarray, st: Evt3State, width, height, max_jitter: i
 
     first_fault = None
     if faults:
-        faults.sort(key=lambda f: f[0])
+        faults.sort(key=lambda f: f[:2])
         stats["faults"] = len(faults)
         if strict:
-            cut_at, first_fault = faults[0]
+            cut_at, _, first_fault = faults[0]
             words_before = int(np.searchsorted(src, cut_at))
             events = events[: words_before if row is None else int(np.searchsorted(row, words_before))]
             if trig_src is not None:
                 triggers = triggers[: int(np.searchsorted(trig_src, cut_at))]
-    chunk = DecodedChunk(events, triggers, [f[1] for f in faults], n_words, stats)
+    chunk = DecodedChunk(events, triggers, [f[2] for f in faults], n_words, stats)
     new_state = Evt3State(y=int(y_vals[-1]) if y_vals.size else -1, base_x=base_x, vec_p=vec_p,
                           high=high, epoch=epoch, time=time, last_t=last_t, words=st.words + n_words)
     return chunk, new_state, first_fault
 
 
 def _range_fault(faults, stats, n_bad, i, first_index, x, y, w, ty, width, height) -> None:
-    faults.append((i, f"{n_bad} event(s) outside the {width}x{height} sensor, dropped "
-                      f"(first at word {first_index + i}: x={x}, y={y}, "
-                      f"type 0x{int(ty[i]):X}, value 0x{int(w[i]):04X})"))
+    faults.append((i, F_RANGE, _fault_message(F_RANGE, first_index + i, n_bad, int(ty[i]), int(w[i]), x, y,
+                                              width, height, 0)))
     stats["dropped_events"] = stats.get("dropped_events", 0) + n_bad
 
 
