@@ -33,12 +33,15 @@ def focus_weights(focus: np.ndarray, power: float = 4.0) -> np.ndarray:
 
 
 def merge_focus(refocuser: Refocuser, lums: np.ndarray, focus: np.ndarray | None = None,
-                power: float = 4.0, window: int = 9, presmooth: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Focus-measure merge of the refocused [K, H, W] luminances.
+                power: float = 4.0, window: int = 9, presmooth: float = 1.0,
+                counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Focus-measure merge of the refocused [K, H, W] luminances (with their signed event
+    counts, the focus measure discounts event quantisation noise).
 
     Returns (all-in-focus image in the frame's layout, [K, H, W] weights)."""
     if focus is None:
-        focus = focus_measure(lums, window, presmooth)
+        noise = refocuser.noise_variance(counts, lums) if counts is not None else None
+        focus = focus_measure(lums, window, presmooth, noise)
     w = focus_weights(focus, power)
     merged = np.einsum("khw,khw->hw", w, lums, optimize=True)
     return refocuser.colour(merged), w

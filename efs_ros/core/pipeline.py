@@ -226,16 +226,17 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
         if config.merge == "refocus_map":
             aif = merge_refocus_map(refocuser, sel.refocus_map)
         else:
-            lums = sel.lums
+            lums, counts = sel.lums, None
             if lums is None:
                 times = np.unique(times)
-                lums = refocuser.luminances(times)
+                counts = refocuser.stack.counts_at(times)
+                lums = refocuser.luminance_from_counts(counts)
             if config.merge == "gradient":
                 aif, _ = merge_gradient(refocuser, lums)
             else:
                 focus = sel.focus if sel.lums is not None else None
                 aif, _ = merge_focus(refocuser, lums, focus, config.focus_power,
-                                     config.focus_window, config.focus_presmooth)
+                                     config.focus_window, config.focus_presmooth, counts)
         timings["merge"] = _ms(t)
 
     t = time.perf_counter()

@@ -278,6 +278,19 @@ class Refocuser:
         y = self.log0 + np.float32(self.threshold) * counts
         return np.clip(self.response.inverse(y), 0.0, 1.0)
 
+    def luminance_from_counts(self, counts: np.ndarray) -> np.ndarray:
+        """Refocused luminance for signed event counts from the frame time ([..., H, W])."""
+        return self._lum(counts)
+
+    def noise_variance(self, counts: np.ndarray, lums: np.ndarray) -> np.ndarray:
+        """Per-pixel variance of the refocused luminance that event quantisation adds.
+
+        A pixel whose level moved by events is off by the sub-threshold residuals at both
+        ends, each about uniform over one threshold: variance c^2 / 6 in log units, (c L)^2 / 6
+        in linear units. Pixels without net events are exactly the frame."""
+        c = np.float32(self.threshold)
+        return np.where(counts != 0, (c * lums) ** 2 / np.float32(6.0), np.float32(0.0))
+
     def luminances(self, times_s) -> np.ndarray:
         """[K, H, W] refocused linear luminance at the given times (s)."""
         return self._lum(self.stack.counts_at(times_s))
@@ -317,7 +330,7 @@ def _smoothed_gradients(x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.nda
 
 
 def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, refocus_map_s: np.ndarray,
-                       weight: np.ndarray | None = None, smooth: float = 0.5, min_ratio: float = 2.0,
+                       weight: np.ndarray | None = None, smooth: float = 0.7, min_ratio: float = 2.0,
                        erode: int = 4, c_range: tuple[float, float] = (0.05, 0.6),
                        fallback: float = DEFAULT_THRESHOLD, min_pixels: int = 200) -> tuple[float, bool]:
     """Contrast threshold c from one frame and its sweep: the c that makes defocus look like

@@ -46,11 +46,15 @@ def patch_grid(height: int, width: int, grid: int) -> tuple[np.ndarray, np.ndarr
     return rows, cols, (prow[:, None] * grid + pcol[None, :]).astype(np.int64)
 
 
-def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0) -> np.ndarray:
+def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,
+                  noise_var: np.ndarray | None = None) -> np.ndarray:
     """Local gradient energy of each image of a [K, H, W] stack, box-filtered over window x window.
 
     Central differences (edge-replicated); `presmooth` > 0 first blurs each image with a
-    Gaussian of that sigma, which keeps event noise from looking like texture.
+    Gaussian of that sigma, which keeps event noise from looking like texture. With
+    `noise_var` (per-pixel variance of independent noise in each image, e.g. event
+    quantisation) the energy that noise adds on average is subtracted, so that a noisy
+    refocused image does not beat an equally sharp but clean one (the frame itself).
     """
     x = np.asarray(lum, dtype=np.float32)
     if presmooth > 0:
@@ -60,9 +64,16 @@ def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0) -> n
     gx = pad[:, 1:-1, 2:] - pad[:, 1:-1, :-2]
     energy = gx * gx
     energy += gy * gy
+    if noise_var is not None:
+        # Var of a central difference of white noise is twice the pixel variance, per axis;
+        # a Gaussian presmooth of sigma s scales white-noise variance by 1 / (4 pi s^2).
+        gain = 4.0 if presmooth <= 0 else 4.0 / (4.0 * np.pi * presmooth**2)
+        energy -= np.float32(gain) * noise_var
     if window > 1:
         energy = ndimage.uniform_filter1d(energy, window, axis=1, mode="reflect")
         energy = ndimage.uniform_filter1d(energy, window, axis=2, mode="reflect")
+    if noise_var is not None:
+        np.maximum(energy, 0.0, out=energy)
     return energy
 
 
@@ -110,11 +121,14 @@ def texture_confidence(focus_peak: np.ndarray, prominence: np.ndarray) -> np.nda
     return np.clip(prominence * strength, 0.0, 1.0).astype(np.float32)
 
 
-def stack_selection(refocuser: Refocuser, times_s: np.ndarray, lums: np.ndarray, window: int = 9,
-                    presmooth: float = 1.0, smooth_sigma: float = 2.0) -> Selection:
-    """Refocus map from the focus measure of K refocused images: per-pixel peak with sub-sample
-    refinement, a confidence, and a confidence-weighted smoothing of the map."""
-    focus = focus_measure(lums, window, presmooth)
+def stack_selection(refocuser: Refocuser, times_s: np.ndarray, counts: np.ndarray, window: int = 9,
+                    presmooth: float = 1.0, smooth_sigma: float = 2.0, denoise: bool = True) -> Selection:
+    """Refocus map from the focus measure of the K images refocused with the given [K, H, W]
+    signed counts: per-pixel peak with sub-sample refinement, a confidence, and a
+    confidence-weighted smoothing of the map."""
+    lums = refocuser.luminance_from_counts(counts)
+    noise = refocuser.noise_variance(counts, lums) if denoise else None
+    focus = focus_measure(lums, window, presmooth, noise)
     peak, prom = peak_times(focus, times_s)
     conf = texture_confidence(focus.max(axis=0), prom)
     refocus_map = smooth_map(peak, conf * conf, smooth_sigma)
@@ -123,23 +137,23 @@ def stack_selection(refocuser: Refocuser, times_s: np.ndarray, lums: np.ndarray,
 
 
 def dense_selection(refocuser: Refocuser, n_times: int | None = None, window: int = 9,
-                    presmooth: float = 1.0, smooth_sigma: float = 2.0) -> Selection:
+                    presmooth: float = 1.0, smooth_sigma: float = 2.0, denoise: bool = True) -> Selection:
     """The dense variant: focus measure at every bin edge of the stack (or n_times of them),
     where refocusing is exact (no interpolation)."""
     edges = refocuser.stack.times_s
     idx = np.arange(edges.size)
     if n_times is not None and n_times < edges.size:
         idx = np.unique(np.linspace(0, edges.size - 1, n_times).round().astype(np.int64))
-    return stack_selection(refocuser, edges[idx], refocuser.luminances_at_edges(idx), window,
-                           presmooth, smooth_sigma)
+    return stack_selection(refocuser, edges[idx], refocuser.stack.counts_at_edges(idx), window,
+                           presmooth, smooth_sigma, denoise)
 
 
 def uniform_selection(refocuser: Refocuser, k: int = 64, window: int = 9, presmooth: float = 1.0,
-                      smooth_sigma: float = 2.0) -> Selection:
+                      smooth_sigma: float = 2.0, denoise: bool = True) -> Selection:
     """Baseline: k refocus times evenly over the sweep, judged by the same focus measure."""
     times = uniform_times(refocuser.stack.span_s, k)
-    return stack_selection(refocuser, times, refocuser.luminances(times), window, presmooth,
-                           smooth_sigma)
+    return stack_selection(refocuser, times, refocuser.stack.counts_at(times), window, presmooth,
+                           smooth_sigma, denoise)
 
 
 def uniform_times(span_s: tuple[float, float], k: int) -> np.ndarray:
@@ -212,17 +226,33 @@ def golden_section_patches(refocuser: Refocuser, events: np.ndarray, grid: int =
         s2 = np.bincount(pid_flat, lum * lum, n_p) / npix
         return s2 - s1 * s1
 
-    a = np.zeros(n_p)
-    b = n_ev.astype(np.float64)
+    best = golden_section_max(sharpness, np.zeros(n_p), n_ev.astype(np.float64), stop, max_iter)
+    ptimes = index_to_time(best)
+    enough = n_ev >= min_ev
+    ptimes = np.where(enough, ptimes, 0.0)
+    return _patch_selection(refocuser, ptimes, enough, pid, rows.size - 1)
+
+
+def golden_section_max(score, lo: np.ndarray, hi: np.ndarray, stop: float | np.ndarray,
+                       max_iter: int = 60) -> np.ndarray:
+    """Golden-section search for the maximum of many unimodal functions at once.
+
+    score(x) takes one abscissa per problem (shape of lo) and returns one value per problem.
+    Every step shrinks each active bracket by 1/phi and needs one new probe per problem, so
+    all problems share one score call per step; a problem stops once its bracket is narrower
+    than `stop` (per problem or shared). Returns the better interior probe of each bracket.
+    """
+    a = np.asarray(lo, dtype=np.float64).copy()
+    b = np.asarray(hi, dtype=np.float64).copy()
     x1 = b - (b - a) / GOLDEN
     x2 = a + (b - a) / GOLDEN
-    f1, f2 = sharpness(x1), sharpness(x2)
+    f1, f2 = score(x1), score(x2)
     for _ in range(max_iter):
         active = (b - a) >= stop
         if not active.any():
             break
-        left = active & (f1 > f2)  # maximum in [a, x2]
-        right = active & ~(f1 > f2)  # maximum in [x1, b]
+        left = active & (f1 > f2)  # the maximum is in [a, x2]
+        right = active & ~(f1 > f2)  # the maximum is in [x1, b]
         b = np.where(left, x2, b)
         a = np.where(right, x1, a)
         new_x1, new_x2, new_f1, new_f2 = x1.copy(), x2.copy(), f1.copy(), f2.copy()
@@ -230,16 +260,11 @@ def golden_section_patches(refocuser: Refocuser, events: np.ndarray, grid: int =
         new_x1[left] = (b - (b - a) / GOLDEN)[left]
         new_x1[right], new_f1[right] = x2[right], f2[right]
         new_x2[right] = (a + (b - a) / GOLDEN)[right]
-        # One new probe per active patch, all patches in one evaluation.
-        f_probe = sharpness(np.where(left, new_x1, new_x2))
+        f_probe = score(np.where(left, new_x1, new_x2))
         new_f1[left] = f_probe[left]
         new_f2[right] = f_probe[right]
         x1, x2, f1, f2 = new_x1, new_x2, new_f1, new_f2
-    best = np.where(f1 > f2, x1, x2)
-    ptimes = index_to_time(best)
-    enough = n_ev >= min_ev
-    ptimes = np.where(enough, ptimes, 0.0)
-    return _patch_selection(refocuser, ptimes, enough, pid, rows.size - 1)
+    return np.where(f1 > f2, x1, x2)
 
 
 def event_rate_patches(refocuser: Refocuser, events: np.ndarray, grid: int = 8,
