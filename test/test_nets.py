@@ -8,6 +8,7 @@ import torch
 from efs_ros.nets.data import (
     RecordSpec,
     crop_events,
+    filter_events,
     load_records,
     pipeline_response,
     refocus_batch,
@@ -138,8 +139,10 @@ def test_training_inputs_are_what_the_pipeline_feeds_the_net(tiny_records):
 
     _, info = run_pipeline_with_info(job, PipelineConfig(dense_times=3, refocus_net=spy))
     assert len(seen) == len(info["times_s"]) >= 2
+    events = filter_events(job.events, job.height, job.width)
+    assert 0 < len(events) < len(job.events)  # the noisy sensor's isolated events are dropped
     for (lf, bins), t in zip(seen, info["times_s"], strict=True):
-        lf2, bins2 = refocus_inputs(job.frame, job.events, float(t))
+        lf2, bins2 = refocus_inputs(job.frame, events, float(t))
         np.testing.assert_array_equal(lf, lf2)
         np.testing.assert_array_equal(bins, bins2)
 

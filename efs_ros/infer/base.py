@@ -21,16 +21,22 @@ NET_CHANNELS = 3
 
 
 def check_trained_response(models_dir=None) -> str | None:
-    """Warn (and return the message) when the pipeline maps frames through another sensor
-    response than the nets were trained with: their inputs would be off-distribution."""
+    """Warn (and return the message) when the pipeline builds the nets' inputs differently from
+    training (another sensor response or event filter): they would be off-distribution."""
     from efs_ros.nets.checkpoint import read_manifest
-    from efs_ros.nets.data import pipeline_response, response_spec
+    from efs_ros.nets.data import pipeline_event_filter_us, pipeline_response, response_spec
 
-    trained = read_manifest(models_dir).get("info", {}).get("response")
+    info = read_manifest(models_dir).get("info", {})
+    problems = []
     now = response_spec(pipeline_response())
-    if trained is None or trained == now:
+    if info.get("response") is not None and info["response"] != now:
+        problems.append(f"sensor response {info['response']} (pipeline now {now})")
+    now_f = pipeline_event_filter_us()
+    if info.get("event_filter_us") is not None and float(info["event_filter_us"]) != now_f:
+        problems.append(f"event filter {info['event_filter_us']} us (pipeline now {now_f} us)")
+    if not problems:
         return None
-    msg = f"nets were trained with sensor response {trained}, the pipeline now uses {now}; retrain"
+    msg = "nets were trained with " + " and ".join(problems) + "; retrain (make train)"
     log.warning(msg)
     return msg
 

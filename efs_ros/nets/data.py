@@ -57,6 +57,26 @@ def pipeline_response():
     return resp if resp is not None else EpsLogResponse(cfg.log_eps)
 
 
+def pipeline_event_filter_us() -> float:
+    """Window of the pipeline's isolated-event (background activity) filter; 0 = off."""
+    from efs_ros.core.pipeline import PipelineConfig
+
+    return float(getattr(PipelineConfig(), "event_filter_us", 0.0) or 0.0)
+
+
+def filter_events(events: np.ndarray, height: int, width: int, window_us: float | None = None) -> np.ndarray:
+    """The events the pipeline keeps for a job: its own isolated-event filter, same window.
+
+    The filter looks at 3 x 3 neighbourhoods, so it runs on whole sweeps (as the pipeline does)
+    before any crop."""
+    window_us = pipeline_event_filter_us() if window_us is None else window_us
+    if window_us <= 0 or len(events) == 0:
+        return events
+    from efs_ros.core.refocus import isolated_event_mask
+
+    return events[~isolated_event_mask(events, height, width, window_us)]
+
+
 def response_spec(resp) -> dict:
     """JSON description of a response (stored in the manifest, compared at load time)."""
     fields = {k: float(v) for k, v in vars(resp).items() if isinstance(v, (int, float))}
@@ -135,6 +155,15 @@ class Records:
 
     def events_of(self, i: int) -> np.ndarray:
         return self.events[self.ev_offsets[i]:self.ev_offsets[i + 1]]
+
+    def with_pipeline_filter(self, window_us: float | None = None) -> Records:
+        """The same records with each sweep's events passed through the pipeline's filter."""
+        h, w = self.frames.shape[1:3]
+        kept = [filter_events(self.events_of(i), h, w, window_us) for i in range(len(self))]
+        offsets = np.concatenate([[0], np.cumsum([len(k) for k in kept])]).astype(np.int64)
+        events = np.concatenate(kept) if kept else self.events[:0]
+        return Records(self.frames, self.gt_aif, self.span_s, self.target_t, self.targets, events, offsets,
+                       self.sensors)
 
     @staticmethod
     def concat(parts: list[Records]) -> Records:

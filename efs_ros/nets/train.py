@@ -39,9 +39,11 @@ from efs_ros.nets.data import (
     Records,
     RecordSpec,
     crop_arrays,
+    filter_events,
     load_records,
     merge_inputs,
     merge_times,
+    pipeline_event_filter_us,
     pipeline_response,
     random_crop,
     refocus_batch,
@@ -256,6 +258,7 @@ class Trainer:
         self.progress = progress
         torch.manual_seed(cfg.seed)
         self.resp = pipeline_response()
+        self.event_filter_us = pipeline_event_filter_us()
         self.refocus = EvRefocusNet(base=cfg.base, log_center=float(self.resp.forward(np.float32(0.25))))
         self.merge = EvMergeNet(base=cfg.base)
         self.opt = {"refocus": torch.optim.Adam(self.refocus.parameters(), lr=cfg.lr),
@@ -297,7 +300,7 @@ class Trainer:
                           targets=c.targets, seed=c.seed,
                           lens_width=(160, 320) if c.record_size >= 96 else (c.record_size, c.record_size))
         t0 = time.perf_counter()
-        rec = load_records(spec, progress=self.progress)
+        rec = load_records(spec, progress=self.progress).with_pipeline_filter(self.event_filter_us)
         self.seconds["data"] += time.perf_counter() - t0
         return rec
 
@@ -461,9 +464,10 @@ def classical_refocuser(job, threshold: float):
     from efs_ros.core.refocus import EventStack, Refocuser
 
     pc = PipelineConfig()
-    stack = EventStack(job.events, job.height, job.width, job.sweep_span_s, pc.n_bins)
-    return Refocuser(np.asarray(job.frame, np.float32), stack, threshold, pipeline_response()
-                     if hasattr(pc, "response") else pc.log_eps)
+    events = filter_events(job.events, job.height, job.width)
+    stack = EventStack(events, job.height, job.width, job.sweep_span_s, pc.n_bins)
+    return Refocuser(np.asarray(job.frame, np.float32), stack, threshold, pc.response,
+                     getattr(pc, "colour", "gain"))
 
 
 def refocus_metrics(backend, sweep, job, threshold: float, n_times: int = 6) -> dict:
@@ -478,10 +482,11 @@ def refocus_metrics(backend, sweep, job, threshold: float, n_times: int = 6) -> 
                              (float(job.focus_dpt.min()), float(job.focus_dpt.max())))
     t0, t1 = job.sweep_span_s
     out = {"integration": [], "net": []}
+    events = filter_events(job.events, job.height, job.width)  # what the pipeline gives the net
     for t in np.linspace(t0, t1, n_times + 2)[1:-1]:
         truth = renderer.render(float(job.focus_at(t)))
         out["integration"].append(psnr(classic.image(float(t)), truth))
-        lf, bins = refocus_inputs(job.frame, job.events, float(t), resp)
+        lf, bins = refocus_inputs(job.frame, events, float(t), resp)
         lin = np.clip(resp.inverse(backend.refocus(lf, bins)), 0, 1)
         out["net"].append(psnr(np.transpose(lin, (1, 2, 0)), truth))
     return {k: float(np.mean(v)) for k, v in out.items()}
@@ -629,6 +634,7 @@ def write_model_card(models_dir: Path, cfg: TrainConfig, info: dict, ev: dict | 
         f"loss: refocus {val.get('refocus', nan):.4f}, merge {val.get('merge', nan):.4f}. "
         "Loss curves: `loss_curve.png`.",
         "",
+        *([f"Run note: {info['note']}", ""] if info.get("note") else []),
         "## Held-out evaluation",
         "",
     ]
@@ -692,6 +698,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny run for tests (seconds)")
     ap.add_argument("--steps", type=int, default=None, help="refocus steps (merge gets 40 %% as many)")
     ap.add_argument("--merge-steps", type=int, default=None)
+    ap.add_argument("--merge-samples", type=int, default=None, help="crops refocused for merge training")
+    ap.add_argument("--note", default=None, help="a line about this run for the model card")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-jobs", type=int, default=None, help="held-out jobs per sensor")
@@ -708,6 +716,8 @@ def main(argv=None) -> int:
         cfg.merge_steps = max(1, int(round(args.steps * 0.4)))
     if args.merge_steps is not None:
         cfg.merge_steps = args.merge_steps
+    if args.merge_samples is not None:
+        cfg.merge_samples = args.merge_samples
     torch.set_num_threads(cfg.threads)
     models_dir = Path(args.out) if args.out else default_models_dir()
     repo_cache = Path(__file__).resolve().parents[2] / ".cache" / "efs_nets" / "run"
@@ -724,8 +734,10 @@ def main(argv=None) -> int:
             "config": asdict(cfg),
             "machine": _machine(),
             "response": response_spec(trainer.resp),
+            "event_filter_us": trainer.event_filter_us,
             "data": "efs_ros.sim, training textures; validation textures held out",
             "losses": "L1 + 0.2 (1 - SSIM) + 0.5 gradient L1 (+ 0.1 log L1 for refocus); no pretrained nets",
+            "note": args.note or "",
         }
         publish({"evrefocusnet": trainer.refocus, "evmergenet": trainer.merge}, models_dir, info=info)
         plot_losses(h, models_dir / "loss_curve.png")
