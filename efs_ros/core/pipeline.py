@@ -79,6 +79,9 @@ class PipelineConfig:
     dense_times: int | None = None
     """Evaluate the dense focus measure at this many bin edges (None: all)."""
     focus_window: int = 9
+    """Window of the focus measure that weighs images in the focus merge."""
+    map_window: int = 15
+    """Window of the focus measure that gives the refocus map and depth."""
     focus_presmooth: float = 1.0
     focus_power: float = 4.0
     smooth_sigma: float = 2.0
@@ -126,10 +129,10 @@ def select(refocuser: Refocuser, events: np.ndarray, config: PipelineConfig) -> 
     c = config
     if c.method == "dense":
         return dense_selection(refocuser, c.dense_times, c.focus_window, c.focus_presmooth,
-                               c.smooth_sigma)
+                               c.smooth_sigma, map_window=c.map_window)
     if c.method == "uniform":
         return uniform_selection(refocuser, c.n_uniform, c.focus_window, c.focus_presmooth,
-                                 c.smooth_sigma)
+                                 c.smooth_sigma, map_window=c.map_window)
     if c.method == "golden":
         return golden_section_patches(refocuser, events, c.patch_grid, c.golden_stop_events,
                                       c.golden_min_events)
@@ -188,7 +191,8 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
         # is in focus (the argmax barely depends on c); the threshold fit needs only that.
         first = dense_selection(Refocuser(frame, stack, DEFAULT_THRESHOLD, config.response, "gain"),
                                 config.threshold_probe_times, config.focus_window,
-                                config.focus_presmooth, config.smooth_sigma)
+                                config.focus_presmooth, config.smooth_sigma,
+                                map_window=config.focus_window)
         threshold, estimated = estimate_threshold(
             stack, config.response.forward(luminance(frame)), job.focus_at, first.refocus_map,
             first.confidence > config.confidence_min)

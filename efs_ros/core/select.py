@@ -46,15 +46,16 @@ def patch_grid(height: int, width: int, grid: int) -> tuple[np.ndarray, np.ndarr
     return rows, cols, (prow[:, None] * grid + pcol[None, :]).astype(np.int64)
 
 
-def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,
-                  noise_var: np.ndarray | None = None) -> np.ndarray:
-    """Local gradient energy of each image of a [K, H, W] stack, box-filtered over window x window.
+def gradient_energy(lum: np.ndarray, presmooth: float = 0.0,
+                    noise_var: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel squared gradient of each image of a [K, H, W] stack (central differences,
+    edge-replicated), before any window.
 
-    Central differences (edge-replicated); `presmooth` > 0 first blurs each image with a
-    Gaussian of that sigma, which keeps event noise from looking like texture. With
-    `noise_var` (per-pixel variance of independent noise in each image, e.g. event
-    quantisation) the energy that noise adds on average is subtracted, so that a noisy
-    refocused image does not beat an equally sharp but clean one (the frame itself).
+    `presmooth` > 0 first blurs each image with a Gaussian of that sigma, which keeps event
+    noise from looking like texture. With `noise_var` (per-pixel variance of independent noise
+    in each image, e.g. event quantisation) the energy that noise adds on average is
+    subtracted, so that a noisy refocused image does not beat an equally sharp but clean one
+    (the frame itself).
     """
     x = np.asarray(lum, dtype=np.float32)
     if presmooth > 0:
@@ -69,12 +70,24 @@ def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,
         # a Gaussian presmooth of sigma s scales white-noise variance by 1 / (4 pi s^2).
         gain = 4.0 if presmooth <= 0 else 4.0 / (4.0 * np.pi * presmooth**2)
         energy -= np.float32(gain) * noise_var
-    if window > 1:
-        energy = ndimage.uniform_filter1d(energy, window, axis=1, mode="reflect")
-        energy = ndimage.uniform_filter1d(energy, window, axis=2, mode="reflect")
-    if noise_var is not None:
-        np.maximum(energy, 0.0, out=energy)
     return energy
+
+
+def window_mean(energy: np.ndarray, window: int, floor: bool = True) -> np.ndarray:
+    """Box mean over window x window of each image of a [K, H, W] stack (negative values from
+    noise subtraction clipped to 0 afterwards)."""
+    out = energy
+    if window > 1:
+        out = ndimage.uniform_filter1d(out, window, axis=1, mode="reflect")
+        out = ndimage.uniform_filter1d(out, window, axis=2, mode="reflect")
+    return np.maximum(out, 0.0) if floor else out
+
+
+def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,
+                  noise_var: np.ndarray | None = None) -> np.ndarray:
+    """Local gradient energy of each image of a [K, H, W] stack, averaged over window x window
+    (see gradient_energy for presmooth and noise_var)."""
+    return window_mean(gradient_energy(lum, presmooth, noise_var), window, noise_var is not None)
 
 
 def peak_times(focus: np.ndarray, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,22 +135,31 @@ def texture_confidence(focus_peak: np.ndarray, prominence: np.ndarray) -> np.nda
 
 
 def stack_selection(refocuser: Refocuser, times_s: np.ndarray, counts: np.ndarray, window: int = 9,
-                    presmooth: float = 1.0, smooth_sigma: float = 2.0, denoise: bool = True) -> Selection:
+                    presmooth: float = 1.0, smooth_sigma: float = 2.0, denoise: bool = True,
+                    map_window: int = 15) -> Selection:
     """Refocus map from the focus measure of the K images refocused with the given [K, H, W]
     signed counts: per-pixel peak with sub-sample refinement, a confidence, and a
-    confidence-weighted smoothing of the map."""
+    confidence-weighted smoothing of the map.
+
+    Two windows: `window` for the focus measure the merge weighs images by (small, so fine
+    texture keeps its own time), `map_window` for the refocus map and depth (larger, so that
+    a pixel next to an edge of another surface is judged by enough of its own texture)."""
     lums = refocuser.luminance_from_counts(counts)
     noise = refocuser.noise_variance(counts, lums) if denoise else None
-    focus = focus_measure(lums, window, presmooth, noise)
-    peak, prom = peak_times(focus, times_s)
-    conf = texture_confidence(focus.max(axis=0), prom)
+    energy = gradient_energy(lums, presmooth, noise)
+    focus = window_mean(energy, window)
+    map_focus = focus if map_window == window else window_mean(energy, map_window)
+    del energy
+    peak, prom = peak_times(map_focus, times_s)
+    conf = texture_confidence(map_focus.max(axis=0), prom)
     refocus_map = smooth_map(peak, conf * conf, smooth_sigma)
     return Selection(times_s=np.asarray(times_s, np.float64), refocus_map=refocus_map,
                      confidence=conf, lums=lums, focus=focus)
 
 
 def dense_selection(refocuser: Refocuser, n_times: int | None = None, window: int = 9,
-                    presmooth: float = 1.0, smooth_sigma: float = 2.0, denoise: bool = True) -> Selection:
+                    presmooth: float = 1.0, smooth_sigma: float = 2.0, denoise: bool = True,
+                    map_window: int = 15) -> Selection:
     """The dense variant: focus measure at every bin edge of the stack (or n_times of them),
     where refocusing is exact (no interpolation)."""
     edges = refocuser.stack.times_s
@@ -145,15 +167,15 @@ def dense_selection(refocuser: Refocuser, n_times: int | None = None, window: in
     if n_times is not None and n_times < edges.size:
         idx = np.unique(np.linspace(0, edges.size - 1, n_times).round().astype(np.int64))
     return stack_selection(refocuser, edges[idx], refocuser.stack.counts_at_edges(idx), window,
-                           presmooth, smooth_sigma, denoise)
+                           presmooth, smooth_sigma, denoise, map_window)
 
 
 def uniform_selection(refocuser: Refocuser, k: int = 64, window: int = 9, presmooth: float = 1.0,
-                      smooth_sigma: float = 2.0, denoise: bool = True) -> Selection:
+                      smooth_sigma: float = 2.0, denoise: bool = True, map_window: int = 15) -> Selection:
     """Baseline: k refocus times evenly over the sweep, judged by the same focus measure."""
     times = uniform_times(refocuser.stack.span_s, k)
     return stack_selection(refocuser, times, refocuser.stack.counts_at(times), window, presmooth,
-                           smooth_sigma, denoise)
+                           smooth_sigma, denoise, map_window)
 
 
 def uniform_times(span_s: tuple[float, float], k: int) -> np.ndarray:
