@@ -331,7 +331,7 @@ def _smoothed_gradients(x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.nda
 
 def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, refocus_map_s: np.ndarray,
                        weight: np.ndarray | None = None, smooth: float = 0.7, min_ratio: float = 2.0,
-                       erode: int = 4, c_range: tuple[float, float] = (0.05, 0.6),
+                       erode: int = 4, c_range: tuple[float, float] = (0.05, 0.4),
                        fallback: float = DEFAULT_THRESHOLD, min_pixels: int = 200) -> tuple[float, bool]:
     """Contrast threshold c from one frame and its sweep: the c that makes defocus look like
     defocus.
@@ -346,7 +346,9 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
     drag c towards 0, out of the fit.
 
     Returns (c, True), or (fallback, False) when too few pixels qualify or the fit falls
-    outside c_range.
+    outside c_range (DVS thresholds are set well inside it in practice; a fit beyond it means
+    the events lag or lose most of the change, and refocusing with it would mostly amplify
+    noise).
     """
     t0, t1 = stack.span_s
     ends = np.array([t0, t1])
