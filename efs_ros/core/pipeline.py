@@ -56,7 +56,7 @@ class JobError(ValueError):
 class PipelineConfig:
     method: str = "dense"
     """dense | golden (the paper's patch search) | uniform | event_rate (baselines)."""
-    n_bins: int = 128
+    n_bins: int = 64
     """Time bins of the event stack over the sweep (refocus resolution of the dense method)."""
     patch_grid: int = 8
     """Patches per side for golden / event_rate (8 -> the paper's 64 patches)."""
