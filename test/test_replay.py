@@ -133,7 +133,7 @@ def test_replay_through_the_live_node_equals_eval(bag, tmp_path):
         node.stop()
 
     passes = split_passes(listener.items("/efs/all_in_focus"))
-    assert len(passes) == 2, [len(p) for p in passes]
+    assert len(passes) == 2, ([len(p) for p in passes], str(status), node.log())
     first, second = passes
     # the first pass ends with a clock jump back (not silence), which resets the assembler:
     # jobs that eval only gets from its end-of-bag flush may be missing there, nothing else

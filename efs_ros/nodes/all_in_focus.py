@@ -311,6 +311,7 @@ class AllInFocusNode(Node):
             raise ValueError(f"invalid parameters: {reason}")
         self._settings = settings
 
+        self._decoder_backend = self._warm_up_decoder()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._assembler = JobAssembler(AssemblerConfig(
@@ -359,6 +360,19 @@ class AllInFocusNode(Node):
             f"method {settings.method}, backend {settings.backend}, buffer "
             f"{settings.max_buffered_events} events, {settings.max_pending_jobs} pending jobs; "
             f"{EVENTS_TOPIC} + {FRAMES_TOPIC} + {FOCUS_TOPIC} -> {AIF_TOPIC}")
+
+    def _warm_up_decoder(self) -> str:
+        """Load (and JIT-compile) the EVT3 decoder now: done inside the first event callback
+        it stalled the event stream for ~1 s, which a looping bag turned into lost sweeps."""
+        try:
+            from efs_ros.core.evt3 import warm_up
+        except ImportError:  # a decoder without a compiled backend has nothing to warm
+            return "numpy"
+        try:
+            return warm_up()
+        except Exception as exc:  # noqa: BLE001 - the first packet will report it as a fault
+            self.get_logger().warning(f"EVT3 decoder warm-up failed: {exc}")
+            return "unknown"
 
     # --- parameters ----------------------------------------------------------------------------
     def _coerce_numeric_overrides(self) -> None:
@@ -578,6 +592,8 @@ class AllInFocusNode(Node):
                 "job_latency_ms": latency[-1] if latency else 0.0,
                 "job_latency_median_ms": latency[len(latency) // 2] if latency else 0.0,
                 "job_age_ms": c.age_ms[-1] if c.age_ms else 0.0,
+                **{f"{k}_received": c.received[k] for k in INPUTS},
+                "events_decoded": st["events"],
                 "jobs_done": c.jobs_done, "jobs_failed": c.jobs_failed,
                 "jobs_pending": len(self._jobs), "max_pending_jobs": s.max_pending_jobs,
                 "jobs_dropped": c.jobs_dropped,
@@ -594,7 +610,7 @@ class AllInFocusNode(Node):
                 "sweeps": st["sweeps"], "sensor_size": st["sensor_size"],
                 "sync_source": st["sync_source"], "sync_drift_ppm": st["sync_drift_ppm"],
                 "backend": self._backend.name, "backend_requested": s.backend,
-                "backend_note": self._backend.note,
+                "backend_note": self._backend.note, "decoder": self._decoder_backend,
                 "method": s.method,
                 **{f"{k}_silent_s": round(v, 2) for k, v in silent.items()},
                 "last_fault": st["last_fault"] or c.last_fault,
