@@ -27,6 +27,8 @@ from efs_ros.nodes.convert import (
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = {"width": 96, "height": 72}
+WRAP_US = 1 << 24
+"""EVT3 time wraps here; the rig's sensor clock starts 3 s before it."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -184,7 +186,9 @@ def rig_graph(tmp_path_factory):
     procs = [
         NodeProcess("efs_ros.nodes.focus_controller", {"sim_noise_mdpt": 2.0}, log_dir=logs),
         NodeProcess("efs_ros.nodes.sim_rig", {**SIZE, "frame_rate_hz": 10.0,
-                                              "packet_period_ms": 2.0}, log_dir=logs),
+                                              "packet_period_ms": 2.0, "with_triggers": True,
+                                              "sensor_time_offset_us": WRAP_US - 3_000_000},
+                    log_dir=logs),
     ]
     yield procs
     for p in procs:
@@ -203,11 +207,12 @@ def test_rig_publishes_contract_streams_driven_by_the_lens(rig_graph):
     from std_srvs.srv import Trigger
 
     decoder = Evt3Decoder(SIZE["width"], SIZE["height"])
-    faults, firsts, meta, outside = [], [], [], []
+    faults, firsts, meta, outside, triggers = [], [], [], [], []
 
     def packet_item(msg):
         chunk = decoder.decode(as_uint8(msg.events).copy())
         faults.extend(chunk.faults)
+        triggers.append(chunk.triggers)
         stamp = stamp_to_ns(msg.header.stamp)
         times = [int(a["t"][0]) for a in (chunk.events, chunk.triggers) if a.size]
         if times:
@@ -254,6 +259,18 @@ def test_rig_publishes_contract_streams_driven_by_the_lens(rig_graph):
     assert len(offsets) > 500
     spread_ms = (offsets.max() - offsets.min()) * 1e-6
     assert 3.0 < spread_ms <= 5.1
+
+    # exposure trigger pairs (channel 0: 1 at the start, 0 at the end), one per 10 Hz frame,
+    # on a sensor clock that wrapped past 2^24 us during the test
+    edges = np.concatenate(triggers)
+    edges = edges[np.argmax(edges["value"] == 1):]  # from the first rising edge
+    assert edges.size >= 40 and set(edges["channel"]) == {0}
+    assert np.all(edges["value"][0::2] == 1) and np.all(edges["value"][1::2] == 0)
+    rise, fall = edges["t"][0::2], edges["t"][1::2]
+    n = min(rise.size, fall.size)
+    np.testing.assert_allclose(fall[:n] - rise[:n], 4000, atol=2)  # 4 ms exposure
+    np.testing.assert_allclose(np.diff(rise), 100_000, atol=2)
+    assert rise[0] < WRAP_US < rise[-1]
 
     # the lens drives the rig: sweeping makes events, a held lens only noise
     packets = listener.items("/event_camera/events")
