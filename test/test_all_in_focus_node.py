@@ -239,3 +239,22 @@ def test_event_flood_is_bounded_counted_and_survived(graph):
     resumed = len(_outputs(listener))
     assert listener.wait_until(lambda: len(_outputs(listener)) >= resumed + 2, 30), \
         latest_status(listener, STATUS)
+
+
+def test_backend_fallback_is_classical_and_reported(tmp_path):
+    """No models installed: `auto` falls back quietly; an explicit backend is an error (the
+    user asked for something that is not running), and both still give the classical image."""
+    from efs_ros.core.pipeline import run_pipeline
+    from efs_ros.nodes.all_in_focus import NodeSettings, PipelineWorker
+    from efs_ros.sim.rig import RigConfig, simulate_sweep
+    from efs_ros.sim.sensor import SensorConfig
+
+    job = simulate_sweep(RigConfig(height=32, width=48, steps=40), SensorConfig(),
+                         np.random.default_rng(0)).to_job(0)
+    classical = run_pipeline(job, NodeSettings(backend="classical").pipeline_config())
+    worker = PipelineWorker()
+    for backend, is_error in (("auto", False), ("onnxruntime", True)):
+        result, _, state = worker.run(job, NodeSettings(backend=backend, models_dir=str(tmp_path)))
+        assert state.name == "classical" and state.error is is_error, state
+        assert backend in state.note
+        np.testing.assert_array_equal(result.all_in_focus, classical.all_in_focus)

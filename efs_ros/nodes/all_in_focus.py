@@ -28,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -213,10 +214,11 @@ class PipelineWorker:
             backend = load_backend(name, models_dir or None)
         except Exception as exc:  # noqa: BLE001 - any failure falls back to the classical path
             detail = " ".join(str(exc).split())
-            # auto without models is the documented fallback; an explicit request is an error
+            # auto without installed models is the documented fallback; an explicit request,
+            # or models that are there but do not load, is an error
             self.state = BackendState("classical",
                                       f"{name} unavailable ({type(exc).__name__}: {detail})",
-                                      name != "auto" or "ModelLoad" in type(exc).__name__)
+                                      name != "auto" or _models_installed(models_dir))
             return
         self._backend = backend
         self.state = BackendState(getattr(backend, "name", name))
@@ -228,6 +230,15 @@ class PipelineWorker:
             except Exception:  # noqa: BLE001 - closing a backend that failed is not news
                 pass
             self._backend = None
+
+
+def _models_installed(models_dir: str) -> bool:
+    try:
+        from efs_ros.nets.checkpoint import MANIFEST_NAME, default_models_dir
+    except ImportError:
+        return False
+    folder = Path(models_dir) if models_dir else default_models_dir()
+    return (folder / MANIFEST_NAME).exists()
 
 
 _CHILD_WORKER: PipelineWorker | None = None
