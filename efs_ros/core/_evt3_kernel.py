@@ -1,15 +1,29 @@
-"""Compiled (numba) EVT 3.0 decoding kernel: one pass over the words, state in registers.
+"""Compiled (numba) EVT 3.0 decoding kernel.
 
 Implements exactly the semantics of the vectorised numpy decoder in `evt3.py` (the reference):
 same events, triggers, stats and faults, faults reported per kind and block as numeric records
 that `evt3.py` turns into the same messages. Importing this module imports numba (slow), so
-`evt3.py` imports it only on the first decode that uses it; compiled code is cached on disk.
+`evt3.py` imports it only when a decoder first needs it; compiled code is cached on disk.
 `nogil=True`: a decoding thread does not block a worker thread computing meanwhile.
+
+Speed comes from not deciding per word. A per-word `match` on the type mispredicts about once
+per event on real data (the word order follows the scene), so words go in sub-blocks of
+SUB_WORDS, and a vectorised pre-pass (`scan_words`) tells which sub-blocks hold only the common
+words (ADDR_Y/X, TIME_LOW/HIGH, vectors, padding) with no possible clock wrap. Those take the fast
+path: pass 1 folds every word into one 64-bit context register (12-bit lanes for the last
+TIME_LOW, ADDR_Y, TIME_HIGH and VECT_BASE_X payloads: one masked insert per word through small
+per-type tables, no branch) and keeps the context of each event word; pass 2 turns event words
+into events and checks, for the whole sub-block at once, what would be a fault or jitter (time
+going backwards, outside the sensor, no vector base). If anything is off, or a sub-block holds
+rarer words (triggers, reserved, unknown types), the general path decodes it word by word with
+every check: same results, a little slower.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from efs_ros.core.evt3 import (
     _HIGH_RANGE,
@@ -47,8 +61,26 @@ from efs_ros.core.evt3 import (
     N_FAULT_KINDS,
 )
 
+SUB_WORDS = 2048
+"""Words per sub-block: the unit of the fast path's all-or-nothing check (a failed check costs
+one sub-block decoded twice); pass 1's per-event-word context then stays in L1 cache."""
+
+SPARE_EVENTS = 12
+"""Slots the output needs beyond the events: the fast path writes up to 12 per word ahead."""
+EVENT_BYTES = 13
+"""EVENT_DTYPE's itemsize: t (8 bytes), x, y (2 each), p (1). The fast path writes an event as two
+unaligned 8-byte stores, t and x | y << 16 | p << 32; the second spills 3 bytes into the next
+event, which is written after it (the output has a spare event at the end)."""
+
 # Register offsets inside a register set (the Evt3State field order).
 R_Y, R_BASE_X, R_VEC_P, R_HIGH, R_EPOCH, R_TIME, R_LAST_T, R_WORDS = range(8)
+# The kernel's working state (int64 array): registers, then output and statistics counters.
+(S_Y, S_BASE_X, S_VEC_P, S_HIGH, S_EPOCH, S_TIME, S_LAST_T, S_EVENTS, S_TRIGGERS, S_RESERVED,
+ S_JITTER, S_CUT_EVENTS, S_CUT_TRIGGERS) = range(13)
+N_STATE = 13
+# Per sub-block facts from scan_words (int64 array, one row per sub-block).
+I_TYPES, I_HIGH_MIN, I_HIGH_MAX = range(3)
+N_INFO = 3
 
 _POPCOUNT_12 = np.array([bin(m).count("1") for m in range(1 << 12)], np.uint8)
 _BIT_OFFSETS_12 = np.zeros((1 << 12, 12), np.uint8)
@@ -56,24 +88,117 @@ _BIT_OFFSETS_12 = np.zeros((1 << 12, 12), np.uint8)
 for _m in range(1 << 12):
     _bits = [b for b in range(12) if _m >> b & 1]
     _BIT_OFFSETS_12[_m, : len(_bits)] = _bits
-_EVENTS_OF_WORD = np.zeros(1 << 16, np.uint8)
-"""Number of CD events a word can produce: 1 for ADDR_X, the mask's bit count for vectors."""
-_EVENTS_OF_WORD[0x2000:0x3000] = 1
-_EVENTS_OF_WORD[0x4000:0x5000] = _POPCOUNT_12
-_EVENTS_OF_WORD[0x5000:0x6000] = np.tile(_POPCOUNT_12[:256], 16)
+_HIGHEST_BIT_12 = np.array([m.bit_length() - 1 if m else -4096 for m in range(1 << 12)], np.int16)
+"""Offset of a mask's last event (very negative for an empty mask: never outside the sensor)."""
+
+_FAST_TYPES = sum(1 << t for t in (0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xE, 0xF))
+"""Word types the fast path decodes; any other type sends its sub-block to the general path."""
+_VECTOR_TYPES = (1 << 0x3) | (1 << 0x4) | (1 << 0x5)
+
+# Pass 1's context register: lanes for the payloads of the last TIME_LOW, ADDR_Y, TIME_HIGH and
+# VECT_BASE_X (12 bits each), and the whole last other word (16 bits: the event word itself).
+L_LOW, L_Y, L_HIGH, L_BASE, L_WORD = 0, 12, 24, 36, 48
+_LANE_KEEP = np.full(16, (1 << L_WORD) - 1, np.int64)
+"""Per word type: the context bits it keeps (TIME_HIGH also clears the TIME_LOW lane: as in
+Prophesee's decoder, a TIME_HIGH sets the low 12 bits of time to zero)."""
+_LANE_SHIFT = np.full(16, L_WORD, np.int64)
+"""Per word type: where it goes."""
+_LANE_BITS = np.full(16, 0xFFFF, np.int64)
+"""Per word type: which of its bits go there."""
+for _ty, _lane in ((0x6, L_LOW), (0x0, L_Y), (0x8, L_HIGH), (0x3, L_BASE)):
+    _LANE_KEEP[_ty] = ~(0xFFF << _lane)
+    _LANE_SHIFT[_ty] = _lane
+    _LANE_BITS[_ty] = 0xFFF
+_LANE_KEEP[0x8] &= ~(0xFFF << L_LOW)
+_IS_EVENT_WORD = np.zeros(16, np.int64)
+_IS_EVENT_WORD[[0x2, 0x4, 0x5]] = 1
+_INCREMENT_KEEP = np.full(16, -1, np.int64)
+"""Per word type: whether the vector increment since the last VECT_BASE_X carries on (all ones)
+or restarts (0, at VECT_BASE_X)."""
+_INCREMENT_KEEP[0x3] = 0
+_INCREMENT = np.zeros(16, np.int64)
+_INCREMENT[0x4], _INCREMENT[0x5] = 12, 8
+_IS_ADDR_X = np.zeros(16, np.int64)
+_IS_ADDR_X[0x2] = 1
+_VECTOR_MASK = np.zeros(16, np.int64)
+_VECTOR_MASK[0x4], _VECTOR_MASK[0x5] = 0xFFF, 0xFF
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """Number of set bits (LLVM ctpop: one instruction, vectorised where the CPU has it)."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return x(x), codegen
+
+
+@intrinsic
+def _store_8_bytes(typingctx, array, byte_offset, value):
+    """Store int64 `value` at byte `byte_offset` of `array`'s data, unaligned."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [args[1]])
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        store = builder.store(value, builder.bitcast(address, ir.IntType(64).as_pointer()))
+        store.align = 1
+        return context.get_dummy_value()
+    return types.void(array, byte_offset, value), codegen
 
 
 @njit(cache=True, nogil=True)
-def count_outputs(words):
-    """Upper bounds on the events and triggers the words can produce (exact unless some are
-    dropped), to size the outputs of `decode_words`."""
+def scan_words(words, block_words, info):
+    """Vectorised pre-pass. Returns upper bounds on the events and triggers the words can produce
+    (exact unless some are dropped), to size the outputs of `decode_words`, and fills `info` with
+    each sub-block's word types (bit set) and TIME_HIGH payload range."""
+    n = words.size
     n_events = 0
     n_triggers = 0
-    for i in range(words.size):
-        w = words[i]
-        n_events += _EVENTS_OF_WORD[w]
-        n_triggers += (w >> 12) == 0xA
+    sub = 0
+    for block_start in range(0, n, block_words):
+        block_stop = min(block_start + block_words, n)
+        for start in range(block_start, block_stop, SUB_WORDS):
+            stop = min(start + SUB_WORDS, block_stop)
+            types = 0
+            high_min = 0xFFFF  # of payload ^ 0x8000: TIME_HIGH words are the only ones below 0x1000
+            high_max = 0xFFFF  # of 0xFFF - payload, likewise
+            sub_events = 0
+            sub_triggers = 0
+            sub_words = words[start:stop]
+            for i in range(sub_words.size):
+                w = np.int64(sub_words[i])
+                ty = w >> 12
+                types |= 1 << ty
+                high_min = min(high_min, w ^ 0x8000)
+                high_max = min(high_max, w ^ 0x8FFF)
+                mask = w & 0xFFF if ty == 4 else w & 0xFF
+                sub_events += _popcount(mask) if ty - 4 <= 1 and ty >= 4 else (ty == 2)
+                sub_triggers += ty == 0xA
+            high_max = 0xFFF - high_max
+            info[sub, I_TYPES] = types
+            info[sub, I_HIGH_MIN] = high_min
+            info[sub, I_HIGH_MAX] = high_max
+            n_events += sub_events
+            n_triggers += sub_triggers
+            sub += 1
     return n_events, n_triggers
+
+
+def info_rows(n_words: int, block_words: int) -> int:
+    """Number of sub-blocks `scan_words` describes."""
+    full, rest = divmod(n_words, block_words)
+    return full * -(-block_words // SUB_WORDS) + -(-rest // SUB_WORDS)
+
+
+@njit(cache=True, nogil=True)
+def _note(acc, kind, word_index, count, ty, value, a, b):
+    """Count a fault of `kind`; remember the first one's details."""
+    if acc[kind, FR_WORD] < 0:
+        acc[kind, FR_WORD] = word_index
+        acc[kind, FR_TYPE] = ty
+        acc[kind, FR_VALUE] = value
+        acc[kind, FR_A] = a
+        acc[kind, FR_B] = b
+    acc[kind, FR_COUNT] += count
 
 
 @njit(cache=True, nogil=True)
@@ -92,21 +217,220 @@ def _flush_block(block, acc, faults, n_faults):
 
 
 @njit(cache=True, nogil=True)
-def _note(acc, kind, word_index, count, ty, value, a, b):
-    """Count a fault of `kind`; remember the first one's details."""
-    if acc[kind, FR_WORD] < 0:
-        acc[kind, FR_WORD] = word_index
-        acc[kind, FR_TYPE] = ty
-        acc[kind, FR_VALUE] = value
-        acc[kind, FR_A] = a
-        acc[kind, FR_B] = b
-    acc[kind, FR_COUNT] += count
+def _general(words, start, stop, st, acc, events, triggers, x_limit, y_limit, max_jitter, first_word):
+    """Decode words[start:stop] one by one with every check (the numpy decoder's semantics)."""
+    y = st[S_Y]
+    base_x = st[S_BASE_X]
+    vec_p = st[S_VEC_P]
+    high = st[S_HIGH]
+    epoch = st[S_EPOCH]
+    time = st[S_TIME]
+    last_t = st[S_LAST_T]
+    n_events = st[S_EVENTS]
+    n_triggers = st[S_TRIGGERS]
+    n_reserved = st[S_RESERVED]
+    n_jitter = st[S_JITTER]
+    cut_events = st[S_CUT_EVENTS]
+    cut_triggers = st[S_CUT_TRIGGERS]
+    high_time = ((epoch * _HIGH_RANGE + high) << 12) if high >= 0 else -1
+    vec_pol = np.int8(1) if vec_p else np.int8(-1)
+    sub_words = words[start:stop]
+    first_word += start
+    for i in range(sub_words.size):
+        w = np.int64(sub_words[i])
+        ty = w >> 12
+        if ty == 0x2 or ty == 0x4 or ty == 0x5:  # ADDR_X, VECT_12, VECT_8
+            if ty == 0x2:
+                x = w & 0x7FF
+                mask = 1
+                pol = np.int8(1) if w & 0x800 else np.int8(-1)
+            else:
+                x = base_x
+                mask = w & 0xFFF if ty == 0x4 else w & 0xFF
+                pol = vec_pol
+                base_x += 12 if ty == 0x4 else 8
+            if y < 0 or time < 0 or x < 0:
+                _note(acc, F_NO_STATE, first_word + i, np.int64(_POPCOUNT_12[mask]), ty, w, 0, 0)
+                if cut_events < 0:
+                    cut_events, cut_triggers = n_events, n_triggers
+                continue
+            if time < last_t:
+                step = last_t - time
+                if step <= max_jitter:
+                    n_jitter += 1
+                else:
+                    _note(acc, F_BACKWARDS, first_word + i, 1, ty, w, last_t, time)
+                    if cut_events < 0:
+                        cut_events, cut_triggers = n_events, n_triggers
+            last_t = time
+            word_events = n_events
+            for k in range(_POPCOUNT_12[mask]):
+                xk = x + _BIT_OFFSETS_12[mask, k]
+                if xk < x_limit and y < y_limit:
+                    ev = events[n_events]
+                    ev.t = time
+                    ev.x = xk
+                    ev.y = y
+                    ev.p = pol
+                    n_events += 1
+                else:
+                    _note(acc, F_RANGE, first_word + i, 1, ty, w, xk, y)
+                    if cut_events < 0:
+                        cut_events, cut_triggers = word_events, n_triggers
+        elif ty == 0x6:  # TIME_LOW
+            if high_time >= 0:
+                time = high_time | (w & 0xFFF)
+        elif ty == 0x0:  # ADDR_Y
+            y = w & 0x7FF
+        elif ty == 0x8:  # TIME_HIGH: a drop of more than half the range is a wrap
+            h = w & 0xFFF
+            if high - h > _WRAP_DROP and high >= 0:
+                epoch += 1
+            high = h
+            high_time = (epoch * _HIGH_RANGE + high) << 12
+            time = high_time
+        elif ty == 0x3:  # VECT_BASE_X
+            base_x = w & 0x7FF
+            vec_p = (w >> 11) & 1
+            vec_pol = np.int8(1) if vec_p else np.int8(-1)
+        elif ty == 0xA:  # EXT_TRIGGER
+            if time >= 0:
+                tr = triggers[n_triggers]
+                tr.t = time
+                tr.channel = (w >> 8) & 0xF
+                tr.value = w & 1
+                n_triggers += 1
+            else:
+                _note(acc, F_TRIGGER_NO_TIME, first_word + i, 1, ty, w, 0, 0)
+                if cut_events < 0:
+                    cut_events, cut_triggers = n_events, n_triggers
+        elif ty == 0x9:
+            n_reserved += 1
+        elif ty == 0x1 or ty == 0xB or ty == 0xC or ty == 0xD:
+            _note(acc, F_UNKNOWN, first_word + i, 1, ty, w, 0, 0)
+            if cut_events < 0:
+                cut_events, cut_triggers = n_events, n_triggers
+        # CONTINUED_4, OTHERS, CONTINUED_12: skipped
+    st[S_Y] = y
+    st[S_BASE_X] = base_x
+    st[S_VEC_P] = vec_p
+    st[S_HIGH] = high
+    st[S_EPOCH] = epoch
+    st[S_TIME] = time
+    st[S_LAST_T] = last_t
+    st[S_EVENTS] = n_events
+    st[S_TRIGGERS] = n_triggers
+    st[S_RESERVED] = n_reserved
+    st[S_JITTER] = n_jitter
+    st[S_CUT_EVENTS] = cut_events
+    st[S_CUT_TRIGGERS] = cut_triggers
 
 
 @njit(cache=True, nogil=True)
-def decode_words(words, io, events, triggers, faults):
+def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit, with_vectors):
+    """Decode words[start:stop], known to hold only fast-path types and no clock wrap, from a
+    valid y and time. Returns False, with `st` untouched, if some event word needs the general
+    path's checks (time going backwards, outside the sensor, vector before any VECT_BASE_X)."""
+    y, high, time, base_x = st[S_Y], st[S_HIGH], st[S_TIME], st[S_BASE_X]
+    time_base = st[S_EPOCH] << 24
+    context = ((time & 0xFFF) << L_LOW) | (y << L_Y) | (high << L_HIGH) | (st[S_VEC_P] << (L_BASE + 11))
+    increment = base_x  # base x = BASE lane's x + increment; the lane starts at 0
+    n_words = 0
+    # ---- pass 1: the context of each event word ----
+    sub_words = words[start:stop]
+    if with_vectors:
+        for i in range(sub_words.size):
+            w = np.int64(sub_words[i])
+            ty = w >> 12
+            context = (context & _LANE_KEEP[ty]) | ((w & _LANE_BITS[ty]) << _LANE_SHIFT[ty])
+            contexts[np.uint64(n_words)] = context
+            increments[np.uint64(n_words)] = increment
+            increment = (increment & _INCREMENT_KEEP[ty]) + _INCREMENT[ty]
+            n_words += _IS_EVENT_WORD[ty]
+    else:
+        for i in range(sub_words.size):
+            w = np.int64(sub_words[i])
+            ty = w >> 12
+            context = (context & _LANE_KEEP[ty]) | ((w & _LANE_BITS[ty]) << _LANE_SHIFT[ty])
+            contexts[np.uint64(n_words)] = context
+            n_words += _IS_EVENT_WORD[ty]
+
+    # ---- pass 2: events; any check failing makes `bad` negative ----
+    n_events = st[S_EVENTS]
+    last_t = st[S_LAST_T]
+    x_last_ok = x_limit - 1
+    y_last_ok = y_limit - 1
+    bad = 0
+    if with_vectors:
+        # pass 2a: per event word its time and the event bytes 8..15 for its first x, with the
+        # bit mask on top (written over the context and increment, already read)
+        for j in range(n_words):
+            c = contexts[j]
+            w = (c >> L_WORD) & 0xFFFF
+            ty = w >> 12
+            t = time_base | (((c >> L_HIGH) & 0xFFF) << 12) | ((c >> L_LOW) & 0xFFF)
+            yw = (c >> L_Y) & 0x7FF
+            # ADDR_X or vector word, chosen by arithmetic on table values, not branches
+            is_x = _IS_ADDR_X[ty]
+            vector_x = ((c >> L_BASE) & 0x7FF) + increments[j]
+            x0 = vector_x + (((w & 0x7FF) - vector_x) & -is_x)
+            mask = (w & _VECTOR_MASK[ty]) | is_x
+            pol_bit = (((w >> 11) & is_x) | ((c >> (L_BASE + 11)) & (1 - is_x))) & 1
+            bad |= (t - last_t) | (x_last_ok - (x0 + _HIGHEST_BIT_12[mask])) | (y_last_ok - yw) | x0
+            last_t = t
+            increments[j] = t
+            contexts[j] = x0 | (yw << 16) | ((((pol_bit << 1) - 1) & 0xFF) << 32) | (mask << 52)
+        # pass 2b: events; the first 8 of each word are written whatever its mask (a loop of
+        # data-dependent length mispredicts about once per word), the slots past its last event
+        # are overwritten by the next word's
+        at = n_events * EVENT_BYTES
+        for j in range(n_words):
+            t = increments[j]
+            rest = contexts[j]
+            row = np.uint64((rest >> 52) & 0xFFF)
+            rest &= (1 << 52) - 1
+            for k in range(8):
+                _store_8_bytes(events, at + k * EVENT_BYTES, t)
+                _store_8_bytes(events, at + k * EVENT_BYTES + 8, rest + _BIT_OFFSETS_12[row, k])
+            count = np.int64(_POPCOUNT_12[row])
+            if count > 8:
+                for k in range(8, 12):
+                    _store_8_bytes(events, at + k * EVENT_BYTES, t)
+                    _store_8_bytes(events, at + k * EVENT_BYTES + 8, rest + _BIT_OFFSETS_12[row, k])
+            at += count * EVENT_BYTES
+            n_events += count
+    else:
+        at = n_events * EVENT_BYTES
+        for j in range(n_words):
+            c = contexts[j]
+            w = (c >> L_WORD) & 0xFFFF
+            t = time_base | (((c >> L_HIGH) & 0xFFF) << 12) | ((c >> L_LOW) & 0xFFF)
+            yw = (c >> L_Y) & 0x7FF
+            x = w & 0x7FF
+            bad |= (t - last_t) | (x_last_ok - x) | (y_last_ok - yw)
+            last_t = t
+            _store_8_bytes(events, at, t)
+            _store_8_bytes(events, at + 8, x | (yw << 16) | ((((w >> 10) & 2) - 1) & 0xFF) << 32)
+            at += EVENT_BYTES
+        n_events += n_words
+    if bad < 0:
+        return False
+    st[S_Y] = (context >> L_Y) & 0x7FF
+    st[S_HIGH] = (context >> L_HIGH) & 0xFFF
+    st[S_TIME] = time_base | (st[S_HIGH] << 12) | ((context >> L_LOW) & 0xFFF)
+    st[S_BASE_X] = ((context >> L_BASE) & 0x7FF) + increment
+    st[S_VEC_P] = (context >> (L_BASE + 11)) & 1
+    st[S_LAST_T] = last_t
+    st[S_EVENTS] = n_events
+    return True
+
+
+@njit(cache=True, nogil=True)
+def decode_words(words, io, events, triggers, faults, info, contexts, increments):
     """Decode `words` (uint16) from the registers at io[io[IO_REGS_IN]:], write the registers
-    after them at io[io[IO_REGS_OUT]:] and the counters at io[IO_EVENTS:].
+    after them at io[io[IO_REGS_OUT]:] and the counters at io[IO_EVENTS:]. `events` is an array
+    of EVENT_DTYPE with SPARE_EVENTS slots more than `scan_words` counted, `info` what it found;
+    contexts, increments: scratch of SUB_WORDS + 1 each.
 
     Words go in blocks of io[IO_BLOCK_WORDS]; faults are accumulated per kind and block (count
     and first occurrence) like the numpy decoder does. In strict mode decoding stops after the
@@ -115,155 +439,70 @@ def decode_words(words, io, events, triggers, faults):
     """
     regs_in = io[io[IO_REGS_IN]:]
     regs_out = io[io[IO_REGS_OUT]:]
-    y = regs_in[R_Y]
-    base_x = regs_in[R_BASE_X]
-    vec_p = regs_in[R_VEC_P]
-    high = regs_in[R_HIGH]
-    epoch = regs_in[R_EPOCH]
-    time = regs_in[R_TIME]
-    last_t = regs_in[R_LAST_T]
-    first_word = regs_in[R_WORDS]
     x_limit = io[IO_X_LIMIT]
     y_limit = io[IO_Y_LIMIT]
     max_jitter = io[IO_MAX_JITTER]
     strict = io[IO_STRICT] != 0
     block_words = io[IO_BLOCK_WORDS]
-
-    high_time = ((epoch * _HIGH_RANGE + high) << 12) if high >= 0 else -1
-    vec_pol = np.int8(1) if vec_p else np.int8(-1)
-    n = words.size
-    n_events = 0
-    n_triggers = 0
-    n_faults = 0
-    n_reserved = 0
-    n_jitter = 0
-    cut_events = -1
-    cut_triggers = -1
+    first_word = regs_in[R_WORDS]
+    st = np.empty(N_STATE, np.int64)
+    st[S_Y] = regs_in[R_Y]
+    st[S_BASE_X] = regs_in[R_BASE_X]
+    st[S_VEC_P] = regs_in[R_VEC_P]
+    st[S_HIGH] = regs_in[R_HIGH]
+    st[S_EPOCH] = regs_in[R_EPOCH]
+    st[S_TIME] = regs_in[R_TIME]
+    st[S_LAST_T] = regs_in[R_LAST_T]
+    st[S_EVENTS] = 0
+    st[S_TRIGGERS] = 0
+    st[S_RESERVED] = 0
+    st[S_JITTER] = 0
+    st[S_CUT_EVENTS] = -1
+    st[S_CUT_TRIGGERS] = -1
     acc = np.empty((N_FAULT_KINDS, N_FAULT_COLS), np.int64)
     acc[:, FR_WORD] = -1
     acc[:, FR_COUNT] = 0
+    n = words.size
+    n_faults = 0
     block = 0
-    start = 0
-    while start < n:
-        stop = min(start + block_words, n)
-        for i in range(start, stop):
-            w = np.int64(words[i])
-            ty = w >> 12
-            if ty == 0x2 or ty == 0x4 or ty == 0x5:  # ADDR_X, VECT_12, VECT_8
-                if ty == 0x2:
-                    x = w & 0x7FF
-                    mask = 1
-                    pol = np.int8(1) if w & 0x800 else np.int8(-1)
-                else:
-                    x = base_x
-                    mask = w & 0xFFF if ty == 0x4 else w & 0xFF
-                    pol = vec_pol
-                    base_x += 12 if ty == 0x4 else 8
-                if y < 0 or time < 0 or x < 0:
-                    _note(acc, F_NO_STATE, first_word + i, _POPCOUNT_12[mask], ty, w, 0, 0)
-                    if cut_events < 0:
-                        cut_events, cut_triggers = n_events, n_triggers
+    sub = 0
+    block_start = 0
+    while block_start < n:
+        block_stop = min(block_start + block_words, n)
+        for start in range(block_start, block_stop, SUB_WORDS):
+            stop = min(start + SUB_WORDS, block_stop)
+            types = info[sub, I_TYPES]
+            high = st[S_HIGH]
+            sub += 1
+            if (types & ~_FAST_TYPES) == 0 and st[S_Y] >= 0 and high >= 0 and (
+                    max(info[sub - 1, I_HIGH_MAX], high) - min(info[sub - 1, I_HIGH_MIN], high)
+                    <= _WRAP_DROP):
+                if _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit,
+                         (types & _VECTOR_TYPES) != 0):
                     continue
-                if time < last_t:
-                    step = last_t - time
-                    if step <= max_jitter:
-                        n_jitter += 1
-                    else:
-                        _note(acc, F_BACKWARDS, first_word + i, 1, ty, w, last_t, time)
-                        if cut_events < 0:
-                            cut_events, cut_triggers = n_events, n_triggers
-                last_t = time
-                if ty == 0x2:
-                    if x < x_limit and y < y_limit:
-                        ev = events[n_events]
-                        ev.t = time
-                        ev.x = x
-                        ev.y = y
-                        ev.p = pol
-                        n_events += 1
-                    else:
-                        _note(acc, F_RANGE, first_word + i, 1, ty, w, x, y)
-                        if cut_events < 0:
-                            cut_events, cut_triggers = n_events, n_triggers
-                elif x + 11 < x_limit and y < y_limit:
-                    for k in range(_POPCOUNT_12[mask]):
-                        ev = events[n_events]
-                        ev.t = time
-                        ev.x = x + _BIT_OFFSETS_12[mask, k]
-                        ev.y = y
-                        ev.p = pol
-                        n_events += 1
-                else:
-                    word_events = n_events
-                    for k in range(_POPCOUNT_12[mask]):
-                        xk = x + _BIT_OFFSETS_12[mask, k]
-                        if xk < x_limit and y < y_limit:
-                            ev = events[n_events]
-                            ev.t = time
-                            ev.x = xk
-                            ev.y = y
-                            ev.p = pol
-                            n_events += 1
-                        else:
-                            _note(acc, F_RANGE, first_word + i, 1, ty, w, xk, y)
-                            if cut_events < 0:
-                                cut_events, cut_triggers = word_events, n_triggers
-            elif ty == 0x6:  # TIME_LOW
-                if high_time >= 0:
-                    time = high_time | (w & 0xFFF)
-            elif ty == 0x0:  # ADDR_Y
-                y = w & 0x7FF
-            elif ty == 0x8:  # TIME_HIGH: a drop of more than half the range is a wrap
-                h = w & 0xFFF
-                if high - h > _WRAP_DROP and high >= 0:
-                    epoch += 1
-                high = h
-                high_time = (epoch * _HIGH_RANGE + high) << 12
-                time = high_time
-            elif ty == 0x3:  # VECT_BASE_X
-                base_x = w & 0x7FF
-                vec_p = (w >> 11) & 1
-                vec_pol = np.int8(1) if vec_p else np.int8(-1)
-            elif ty == 0xA:  # EXT_TRIGGER
-                if time >= 0:
-                    tr = triggers[n_triggers]
-                    tr.t = time
-                    tr.channel = (w >> 8) & 0xF
-                    tr.value = w & 1
-                    n_triggers += 1
-                else:
-                    _note(acc, F_TRIGGER_NO_TIME, first_word + i, 1, ty, w, 0, 0)
-                    if cut_events < 0:
-                        cut_events, cut_triggers = n_events, n_triggers
-            elif ty == 0x9:
-                n_reserved += 1
-            elif ty == 0x1 or ty == 0xB or ty == 0xC or ty == 0xD:
-                _note(acc, F_UNKNOWN, first_word + i, 1, ty, w, 0, 0)
-                if cut_events < 0:
-                    cut_events, cut_triggers = n_events, n_triggers
-            # CONTINUED_4, OTHERS, CONTINUED_12: skipped
-        if base_x < 0:
-            base_x = _NO_BASE
+            _general(words, start, stop, st, acc, events, triggers, x_limit, y_limit, max_jitter,
+                     first_word)
+        if st[S_BASE_X] < 0:
+            st[S_BASE_X] = _NO_BASE
         n_faults = _flush_block(block, acc, faults, n_faults)
         block += 1
-        start = stop
+        block_start = block_stop
         if strict and n_faults:
             break
 
-    regs_out[R_Y] = y
-    regs_out[R_BASE_X] = base_x
-    regs_out[R_VEC_P] = vec_p
-    regs_out[R_HIGH] = high
-    regs_out[R_EPOCH] = epoch
-    regs_out[R_TIME] = time
-    regs_out[R_LAST_T] = last_t
-    regs_out[R_WORDS] = first_word + start
-    io[IO_EVENTS] = n_events
-    io[IO_TRIGGERS] = n_triggers
+    regs_out[R_Y] = st[S_Y]
+    regs_out[R_BASE_X] = st[S_BASE_X]
+    regs_out[R_VEC_P] = st[S_VEC_P]
+    regs_out[R_HIGH] = st[S_HIGH]
+    regs_out[R_EPOCH] = st[S_EPOCH]
+    regs_out[R_TIME] = st[S_TIME]
+    regs_out[R_LAST_T] = st[S_LAST_T]
+    regs_out[R_WORDS] = first_word + block_start
+    io[IO_EVENTS] = st[S_EVENTS]
+    io[IO_TRIGGERS] = st[S_TRIGGERS]
     io[IO_FAULTS] = n_faults
-    io[IO_WORDS_DONE] = start
-    io[IO_RESERVED] = n_reserved
-    io[IO_JITTER] = n_jitter
-    io[IO_CUT_EVENTS] = cut_events
-    io[IO_CUT_TRIGGERS] = cut_triggers
-
+    io[IO_WORDS_DONE] = block_start
+    io[IO_RESERVED] = st[S_RESERVED]
+    io[IO_JITTER] = st[S_JITTER]
+    io[IO_CUT_EVENTS] = st[S_CUT_EVENTS]
+    io[IO_CUT_TRIGGERS] = st[S_CUT_TRIGGERS]

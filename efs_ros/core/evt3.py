@@ -199,6 +199,10 @@ class Evt3Decoder:
         self._io[IO_Y_LIMIT] = 2048 if height is None else height
         self._io[IO_MAX_JITTER] = self.max_jitter_us
         self._fault_records = np.empty((N_FAULT_KINDS, N_FAULT_COLS), np.int64)
+        if self._kernel is not None:
+            sub = self._kernel.SUB_WORDS + 1
+            self._scratch = (np.empty(sub, np.int64), np.empty(sub, np.int64))
+            self._info = np.empty((0, self._kernel.N_INFO), np.int64)
         self.reset()
 
     def reset(self) -> None:
@@ -265,24 +269,26 @@ class Evt3Decoder:
         if not words.flags.aligned:  # a view at an odd offset: one specialisation of the kernel
             words = words.copy()
         words.flags.writeable = False
-        n_events, n_triggers = kernel.count_outputs(words)
-        events = np.empty(n_events, EVENT_DTYPE)
+        block = n_words if n_words <= BLOCK_WORDS + BLOCK_WORDS // 2 else BLOCK_WORDS
+        n_blocks = -(-n_words // block)
+        rows = kernel.info_rows(n_words, block)
+        if rows > len(self._info):
+            self._info = np.empty((max(rows, 2 * len(self._info)), kernel.N_INFO), np.int64)
+        n_events, n_triggers = kernel.scan_words(words, block, self._info)
+        events = np.empty(n_events + kernel.SPARE_EVENTS, EVENT_DTYPE)  # the kernel writes ahead
         triggers = np.empty(n_triggers, TRIGGER_DTYPE)
         io = self._io
-        block = n_words if n_words <= BLOCK_WORDS + BLOCK_WORDS // 2 else BLOCK_WORDS
-        n_records = -(-n_words // block) * N_FAULT_KINDS
-        if n_records > len(self._fault_records):
-            self._fault_records = np.empty((n_records, N_FAULT_COLS), np.int64)
+        if n_blocks * N_FAULT_KINDS > len(self._fault_records):
+            self._fault_records = np.empty((n_blocks * N_FAULT_KINDS, N_FAULT_COLS), np.int64)
         regs_at = self._regs_at
         io[IO_REGS_IN] = regs_at
         io[IO_REGS_OUT] = regs_at ^ (IO_REGS_A ^ IO_REGS_B)
         io[IO_STRICT] = strict
         io[IO_BLOCK_WORDS] = block
-        kernel.decode_words(words, io, events, triggers, self._fault_records)
+        kernel.decode_words(words, io, events, triggers, self._fault_records, self._info, *self._scratch)
         n_ev, n_tr, n_faults, words_done, n_reserved, n_jitter, cut_events, cut_triggers = \
             io[IO_EVENTS:IO_SIZE].tolist()
-        if n_ev < n_events:
-            events = events[:n_ev]
+        events = events[:n_ev]
         if n_tr < n_triggers:
             triggers = triggers[:n_tr]
         stats = {}
@@ -668,9 +674,9 @@ def _event_words_with_vectors(w: np.ndarray, ty: np.ndarray, st: Evt3State):
 
 
 def decode_evt3(data, width: int | None = None, height: int | None = None,
-                strict: bool = False) -> DecodedChunk:
+                strict: bool = False, *, backend: str = "auto") -> DecodedChunk:
     """Decode a complete EVT 3.0 byte stream (a trailing odd byte is a truncation fault)."""
-    decoder = Evt3Decoder(width, height)
+    decoder = Evt3Decoder(width, height, backend=backend)
     chunk = decoder.decode(data, strict=strict)
     try:
         tail = decoder.finish(strict=strict)
