@@ -255,10 +255,10 @@ def run(args) -> int:
             spinning.clear()
             spinner.join(timeout=5.0)
         if executor is not None:
-            executor.shutdown(timeout_sec=5.0)
-        for node in reversed(nodes):  # consumers first, the lens (whose thread publishes) last
-            if executor is not None:
+            for node in nodes:
                 executor.remove_node(node)
+            executor.shutdown(timeout_sec=5.0)  # waits for callbacks still running
+        for node in reversed(nodes):  # consumers first, the lens (whose thread publishes) last
             node.destroy_node()
         rclpy.try_shutdown(context=context)
     print(f"{'stamp_ns':>20}  {'input dB':>8}  {'output dB':>9}")
