@@ -1,4 +1,5 @@
 """ament_python build of efs_ros; also installs with pip (see Makefile)."""
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -14,7 +15,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
-        (f"share/{PACKAGE}/models", glob("models/*")),
+        (f"share/{PACKAGE}/models", [f for f in glob("models/*") if os.path.isfile(f)]),
     ],
     package_data={PACKAGE: ["py.typed"]},
     install_requires=["setuptools"],
