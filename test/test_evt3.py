@@ -510,3 +510,229 @@ def test_raw_rejects_other_formats(tmp_path):
     path.write_bytes(b"% format EVT2;height=480;width=640\n% end\n" + b"\0" * 8)
     with pytest.raises(ValueError, match="not an EVT 3.0 file"):
         read_raw(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (7) compiled (numba) backend against the numpy reference: identical events, triggers, faults,
+#     stats and state, whatever the input and wherever the packets are cut
+# ---------------------------------------------------------------------------------------------
+
+BACKENDS = ("numpy", "numba")
+
+
+def _decode_all(data: bytes, cuts, backend: str, width=None, height=None, strict=False,
+                max_jitter_us=codec.DEFAULT_MAX_JITTER_US):
+    """Feed data cut at `cuts`; per packet the chunk or the strict-mode error, then the state."""
+    decoder = Evt3Decoder(width, height, max_jitter_us=max_jitter_us, backend=backend)
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    view = memoryview(data)
+    outcomes = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        try:
+            outcomes.append(decoder.decode(view[a:b], strict=strict))
+        except Evt3Error as err:
+            outcomes.append((str(err), err.partial, decoder.state))
+    try:
+        outcomes.append(decoder.finish(strict=strict))
+    except Evt3Error as err:
+        outcomes.append((str(err), err.partial, decoder.state))
+    return outcomes, decoder.state, decoder.stats
+
+
+def _assert_same_chunk(a: DecodedChunk, b: DecodedChunk) -> None:
+    assert_same(a.events, b.events)
+    assert_same(a.triggers, b.triggers)
+    assert a.faults == b.faults
+    assert a.stats == b.stats
+    assert a.n_words == b.n_words
+
+
+def assert_backends_agree(data: bytes, cuts=(), **options) -> list:
+    """Decode with both backends and compare everything; returns the numpy backend's outcomes."""
+    pytest.importorskip("numba")
+    (ref, ref_state, ref_stats), (got, got_state, got_stats) = (
+        _decode_all(data, cuts, backend, **options) for backend in BACKENDS)
+    assert len(ref) == len(got)
+    for r, g in zip(ref, got, strict=True):
+        assert type(r) is type(g)
+        if isinstance(r, tuple):  # strict-mode error: message, partial chunk, state after it
+            assert r[0] == g[0]
+            _assert_same_chunk(r[1], g[1])
+            assert r[2] == g[2]
+        else:
+            _assert_same_chunk(r, g)
+    assert ref_state == got_state
+    assert ref_stats == got_stats
+    return ref
+
+
+def test_backends_are_chosen_and_validated():
+    pytest.importorskip("numba")
+    assert Evt3Decoder().backend == "numba"
+    assert Evt3Decoder(backend="numpy").backend == "numpy"
+    assert codec.warm_up("numpy") == "numpy"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Evt3Decoder(backend="cuda")
+    with pytest.raises(ValueError, match="max_jitter_us must be >= 0"):
+        Evt3Decoder(max_jitter_us=-1)
+
+
+def test_compiled_kernel_releases_the_gil():
+    """The live node decodes in a callback thread while a worker computes."""
+    pytest.importorskip("numba")
+    from efs_ros.core import _evt3_kernel as kernel
+
+    for name in ("scan_words", "decode_words", "_general", "_fast"):
+        assert getattr(kernel, name).targetoptions.get("nogil") is True, name
+
+
+def test_backends_agree_on_real_recording(real_packets, real_decoded):
+    packets, width, height = real_packets
+    data = b"".join(packets)
+    cuts = np.cumsum([len(p) for p in packets])[:-1].tolist()
+    for strict in (False, True):
+        outcomes = assert_backends_agree(data, cuts, width=width, height=height, strict=strict)
+        got = _cat(outcomes)
+        assert_same(got.events, real_decoded.events)
+    one_shot = assert_backends_agree(data, width=width, height=height)
+    assert len(one_shot[0].events) == len(real_decoded.events)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 758_295), max_size=30), st.integers(0, 2**32 - 1), st.integers(0, 6))
+def test_backends_agree_on_real_recording_with_faults_injected(real_packets, cuts, seed, n_faults):
+    """Clean data goes through the compiled fast path; a packet with a fault falls back to the
+    word-by-word path: both give exactly what the reference gives."""
+    packets, width, height = real_packets
+    data = _inject(b"".join(packets), n_faults, np.random.default_rng(seed))
+    assert_backends_agree(data, [c % len(data) for c in cuts], width=width, height=height)
+
+
+def _inject(data: bytes, n: int, rng) -> bytes:
+    """Insert n random words (any type, and the usual troublemakers) at random word positions."""
+    w = np.frombuffer(data[: len(data) // 2 * 2], "<u2")
+    troublemakers = [0x8000, 0x8FFF, 0x6000, 0x6FFF, 0x2FFF, 0x4FFF, 0x3FFF, 0x0FFF, 0xA001, 0xB123,
+                     0x9000, 0x1ABC, 0x4000, 0x5000]
+    values = np.where(rng.random(n) < 0.5, rng.choice(troublemakers, n), rng.integers(0, 1 << 16, n))
+    where = np.sort(rng.integers(0, w.size + 1, n))
+    return np.insert(w, where, values).astype("<u2").tobytes() + data[len(data) // 2 * 2:]
+
+
+def dense_events(n_runs: int, seed: int) -> np.ndarray:
+    """Runs of 1..40 neighbouring pixels firing together: vector words with up to 12 events."""
+    rng = np.random.default_rng(seed)
+    length = rng.integers(1, 41, n_runs)
+    run = np.repeat(np.arange(n_runs), length)
+    start = np.cumsum(length) - length
+    ev = np.empty(run.size, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(0, 50_000, n_runs))[run]
+    ev["y"] = rng.integers(0, 720, n_runs)[run]
+    ev["x"] = rng.integers(0, 1200, n_runs)[run] + np.arange(run.size) - start[run]
+    ev["p"] = rng.choice(np.array([-1, 1], np.int8), n_runs)[run]
+    return ev[np.lexsort((ev["x"], ev["y"], ev["t"]))]
+
+
+def _random_stream(rng, kind: str, n_words: int) -> bytes:
+    """Word streams that stress every path: a soup of all 16 word types (faults everywhere), or a
+    clean encoded recording (vectors, triggers, clock wraps and long gaps; or dense vectors) with a
+    few words inserted."""
+    if kind == "soup":
+        types = rng.choice(16, n_words, p=np.array([4, 1, 6, 3, 3, 3, 5, 1, 2, 1, 1, 1, 1, 1, 1, 1]) / 35)
+        payload = rng.integers(0, 4096, n_words)
+        # TIME_HIGH mostly steps forward a little, sometimes drops (wraps) or steps back
+        steps = rng.choice([0, 1, 1, 2, 3000, -1, -2100], n_words)
+        payload = np.where(types == 0x8, np.cumsum(steps) % 4096, payload)
+        head = np.array([0x8000, 0x6000, 0x0000, 0x3000]) if rng.random() < 0.7 else np.zeros(0, int)
+        return np.concatenate((head, (types << 12) | payload)).astype("<u2").tobytes()
+    n_segments = max(1, n_words // 12)
+    if rng.random() < 0.3:
+        events = dense_events(n_segments, seed=int(rng.integers(1 << 30)))
+    else:
+        events = busy_events(n_segments, seed=int(rng.integers(1 << 30)), width=1280, height=720,
+                             wrap_gaps=bool(rng.random() < 0.5))
+    triggers = some_triggers(events, int(rng.integers(0, 4)), seed=int(rng.integers(1 << 30)))
+    data = encode_evt3(events, triggers)
+    return _inject(data, int(rng.integers(0, 4)) if kind == "mutated" else 0, rng)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["soup", "clean", "mutated"]),
+       st.integers(1, 7000), st.sampled_from([(None, None), (1280, 720), (300, 200)]),
+       st.sampled_from([0, 64, 10_000]), st.integers(0, 12), st.booleans())
+def test_backends_agree_on_random_streams(seed, kind, n_words, size, max_jitter, n_cuts, strict):
+    rng = np.random.default_rng(seed)
+    data = _random_stream(rng, kind, n_words)
+    if rng.random() < 0.2:
+        data += b"\x07"  # a truncated last word
+    cuts = rng.integers(0, len(data) + 1, n_cuts).tolist()
+    assert_backends_agree(data, cuts, width=size[0], height=size[1], strict=strict,
+                          max_jitter_us=max_jitter)
+
+
+@pytest.mark.parametrize("block_words", [700, 5000])
+def test_backends_agree_per_block_faults(monkeypatch, block_words):
+    """Faults are counted per kind and block: both backends cut blocks at the same words."""
+    rng = np.random.default_rng(block_words)
+    data = _random_stream(rng, "mutated", 30_000) + _random_stream(rng, "soup", 4000)
+    monkeypatch.setattr(codec, "BLOCK_WORDS", block_words)
+    for strict in (False, True):
+        outcomes = assert_backends_agree(data, [len(data) // 3], strict=strict, width=1000, height=700)
+        assert any(isinstance(o, DecodedChunk) and len(o.faults) > 1 for o in outcomes) or strict
+
+
+FAULT_CASES = {
+    "truncated": words(*GOOD) + b"\x05",
+    "unknown type": words(*GOOD, 0xB123, *AFTER),
+    "reserved 0x9": words(*GOOD, 0x9ABC, 0x9000, *AFTER),
+    "backwards": words(*GOOD, 0x8000, 0x6010, 0x2806, *AFTER),
+    "jitter": words(*GOOD, 0x6001, 0x2806, *AFTER),
+    "wrap": words(0x8FFF, 0x6FFE, 0x0001, 0x2801, 0x8000, 0x6003, 0x2802),
+    "out of range": words(*GOOD, 0x2878, 0x0040, 0x2801, 0x0008, *AFTER),
+    "vector beyond width": words(*GOOD, 0x305E, 0x4FFF),
+    "before state": words(0x2801, 0x4003, *GOOD, *AFTER),
+    "empty vector before base": words(*GOOD, 0x4000, 0x3010, 0x4000, 0x5000, *AFTER),
+    "vectors before base": words(*GOOD, *[0x4FFF, 0x5000, 0x4801, 0x6009] * 40, 0x3010, 0x4FFF, *AFTER),
+    "trigger before time": words(0xA001, *GOOD, 0xA100, *AFTER),
+    "out of range and backwards": words(*GOOD, 0x6001, 0x2878, *AFTER),
+}
+
+
+@pytest.mark.parametrize("name", FAULT_CASES)
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("max_jitter", [0, 4, 64])  # 4: the "jitter" case's step exactly
+def test_backends_agree_on_every_fault(name, strict, max_jitter):
+    data = FAULT_CASES[name]
+    for cuts in ([], [3], list(range(1, len(data), 1 + len(data) // 64))):  # down to every byte
+        assert_backends_agree(data, cuts, width=100, height=50, strict=strict, max_jitter_us=max_jitter)
+        assert_backends_agree(data, cuts, strict=strict, max_jitter_us=max_jitter)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_time_order_is_checked_on_events_outside_the_sensor_too(backend):
+    """An event word counts for time order wherever its events are: dropping it for being outside
+    the sensor does not hide the backward step it made."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    out = decode_evt3(FAULT_CASES["out of range and backwards"], width=100, height=50, backend=backend)
+    assert out.stats == {"time_jitter": 1, "dropped_events": 1, "faults": 1}
+    assert out.events["t"].tolist() == [4101, 4101, 4105]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clean_streams_are_decoded_exactly_by_both_backends(synthetic_stream, backend):
+    if backend == "numba":
+        pytest.importorskip("numba")
+    events, triggers, data = synthetic_stream
+    out = decode_evt3(data, 1280, 720, strict=True, backend=backend)
+    assert_same(out.events, events)
+    assert_same(out.triggers, triggers)
+    dense = dense_events(2000, seed=7)
+    data = encode_evt3(dense)
+    vector_masks = np.frombuffer(data, "<u2")[word_types_of(data) == codec.VECT_12] & 0xFFF
+    assert np.bitwise_count(vector_masks).max() == 12
+    out = decode_evt3(data, 1280, 720, strict=True, backend=backend)
+    assert_same(out.events, dense)
+
+
+def word_types_of(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, "<u2") >> 12

@@ -358,7 +358,7 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
     # ---- pass 2: events; any check failing makes `bad` negative ----
     n_events = st[S_EVENTS]
     last_t = st[S_LAST_T]
-    x_last_ok = x_limit - 1
+    x_last_ok = min(x_limit, 0x10000 - 16) - 1  # x + bit offset must stay within 16 bits
     y_last_ok = y_limit - 1
     bad = 0
     if with_vectors:
@@ -379,16 +379,20 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
             bad |= (t - last_t) | (x_last_ok - (x0 + _HIGHEST_BIT_12[mask])) | (y_last_ok - yw) | x0
             last_t = t
             increments[j] = t
-            contexts[j] = x0 | (yw << 16) | ((((pol_bit << 1) - 1) & 0xFF) << 32) | (mask << 52)
+            # (x0 masked: if it is wrong the sub-block is redone, but the counts must hold)
+            contexts[j] = (x0 & 0xFFFF) | (yw << 16) | ((((pol_bit << 1) - 1) & 0xFF) << 32) | (mask << 52)
         # pass 2b: events; the first 8 of each word are written whatever its mask (a loop of
         # data-dependent length mispredicts about once per word), the slots past its last event
         # are overwritten by the next word's
         at = n_events * EVENT_BYTES
+        end = (events.size - SPARE_EVENTS - 1) * EVENT_BYTES
         for j in range(n_words):
             t = increments[j]
             rest = contexts[j]
             row = np.uint64((rest >> 52) & 0xFFF)
             rest &= (1 << 52) - 1
+            if at > end:  # cannot happen (the output holds every event counted): memory safety
+                return False
             for k in range(8):
                 _store_8_bytes(events, at + k * EVENT_BYTES, t)
                 _store_8_bytes(events, at + k * EVENT_BYTES + 8, rest + _BIT_OFFSETS_12[row, k])
