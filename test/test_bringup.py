@@ -44,7 +44,8 @@ def test_bringup_runs_the_sim_graph_end_to_end(tmp_path):
     executor.add_node(node)
     try:
         deadline = time.monotonic() + 75
-        while (not seen["aif"] or seen["focus"] < 200) and time.monotonic() < deadline and proc.poll() is None:
+        while (not seen["aif"] or seen["focus"] < 200) and time.monotonic() < deadline \
+                and proc.poll() is None:
             executor.spin_once(timeout_sec=0.1)
         assert proc.poll() is None, f"efs_bringup exited early: {proc.stdout.read()[-2000:]}"
         assert seen["aif"], f"no /efs/all_in_focus image; diagnostics from {seen['diagnostics']}"
