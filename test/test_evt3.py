@@ -586,6 +586,36 @@ def test_compiled_kernel_releases_the_gil():
         assert getattr(kernel, name).targetoptions.get("nogil") is True, name
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 9000), st.sampled_from([700, 2048, 5000, 1 << 18]))
+def test_kernel_pre_pass_counts_and_sub_block_facts(seed, n_words, block_words):
+    """The compiled pre-pass (16-bit SIMD lanes plus a scalar tail) sizes the outputs and picks
+    each sub-block's path: its counts and facts are checked against plain numpy."""
+    pytest.importorskip("numba")
+    from efs_ros.core import _evt3_kernel as kernel
+
+    rng = np.random.default_rng(seed)
+    w = rng.integers(0, 1 << 16, n_words).astype(np.uint16)
+    info = np.empty((kernel.info_rows(n_words, block_words), kernel.N_INFO), np.int64)
+    n_events, n_triggers = kernel.scan_words(w, block_words, info)
+    ty = (w >> 12).astype(np.int64)
+    mask = np.where(ty == 4, w & 0xFFF, w & 0xFF)
+    per_word = np.where((ty == 4) | (ty == 5), np.bitwise_count(mask), ty == 2)
+    assert n_events == per_word.sum() and n_triggers == np.count_nonzero(ty == 0xA)
+    starts = [s for b in range(0, n_words, block_words)
+              for s in range(b, min(b + block_words, n_words), kernel.SUB_WORDS)]
+    assert len(starts) == len(info)
+    for row, start in zip(info, starts, strict=True):
+        stop = min(start + kernel.SUB_WORDS, (start // block_words + 1) * block_words, n_words)
+        sub = ty[start:stop]
+        assert row[kernel.I_TYPES] == np.bitwise_or.reduce(1 << sub)
+        highs = w[start:stop][sub == 8] & 0xFFF
+        if highs.size:
+            assert (row[kernel.I_HIGH_MIN], row[kernel.I_HIGH_MAX]) == (highs.min(), highs.max())
+        else:
+            assert row[kernel.I_HIGH_MIN] > row[kernel.I_HIGH_MAX]
+
+
 def test_backends_agree_on_real_recording(real_packets, real_decoded):
     packets, width, height = real_packets
     data = b"".join(packets)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from efs_ros.core.evt3 import (
@@ -145,11 +146,71 @@ def _store_8_bytes(typingctx, array, byte_offset, value):
     return types.void(array, byte_offset, value), codegen
 
 
+SCAN_LANES = 16
+
+
+@intrinsic
+def _scan_vectors(typingctx, words, start, n_vectors):
+    """The pre-pass over words[start : start + SCAN_LANES * n_vectors], SCAN_LANES words at a time
+    in 16-bit lanes (numba would widen every word to 64 bits). Returns the OR of 1 << type, the
+    minimum of word ^ 0x8000 and of word ^ 0x8FFF (below 0x1000 only for TIME_HIGH: its payload,
+    and 0xFFF - payload), the number of events and of EXT_TRIGGER words."""
+    result = types.UniTuple(types.int64, 5)
+
+    def codegen(context, builder, signature, args):
+        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        vector, vector32 = ir.VectorType(i16, SCAN_LANES), ir.VectorType(i32, SCAN_LANES)
+
+        def splat(value):
+            return ir.Constant(vector, [ir.Constant(i16, value)] * SCAN_LANES)
+
+        def llvm_intrinsic(name, result_type, arg_types):
+            return builder.module.declare_intrinsic(name, (), ir.FunctionType(result_type, arg_types))
+
+        suffix = f"v{SCAN_LANES}i16"
+        umin = llvm_intrinsic(f"llvm.umin.{suffix}", vector, [vector, vector])
+        ctpop = llvm_intrinsic(f"llvm.ctpop.{suffix}", vector, [vector])
+        reduce_or = llvm_intrinsic(f"llvm.vector.reduce.or.{suffix}", i16, [vector])
+        reduce_umin = llvm_intrinsic(f"llvm.vector.reduce.umin.{suffix}", i16, [vector])
+        reduce_add = llvm_intrinsic(f"llvm.vector.reduce.add.v{SCAN_LANES}i32", i32, [vector32])
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        first = builder.gep(builder.bitcast(data, i16.as_pointer()), [args[1]])
+        type_bits = cgutils.alloca_once_value(builder, splat(0))
+        high_min = cgutils.alloca_once_value(builder, splat(0xFFFF))
+        high_max = cgutils.alloca_once_value(builder, splat(0xFFFF))
+        n_events = cgutils.alloca_once_value(builder, splat(0))
+        n_triggers = cgutils.alloca_once_value(builder, splat(0))
+        with cgutils.for_range(builder, args[2]) as loop:
+            at = builder.gep(first, [builder.mul(loop.index, ir.Constant(i64, SCAN_LANES))])
+            w = builder.load(builder.bitcast(at, vector.as_pointer()), align=2)
+            ty = builder.lshr(w, splat(12))
+            builder.store(builder.or_(builder.load(type_bits), builder.shl(splat(1), ty)), type_bits)
+            for accumulator, flip in ((high_min, 0x8000), (high_max, 0x8FFF)):
+                value = builder.call(umin, [builder.load(accumulator), builder.xor(w, splat(flip))])
+                builder.store(value, accumulator)
+            mask = builder.and_(w, builder.select(builder.icmp_unsigned("==", ty, splat(4)), splat(0xFFF),
+                                                  splat(0xFF)))
+            is_vector = builder.icmp_unsigned("<=", builder.sub(ty, splat(4)), splat(1))
+            is_addr_x = builder.zext(builder.icmp_unsigned("==", ty, splat(2)), vector)
+            events = builder.select(is_vector, builder.call(ctpop, [mask]), is_addr_x)
+            builder.store(builder.add(builder.load(n_events), events), n_events)  # <= 12 * 2048 / 16
+            is_trigger = builder.zext(builder.icmp_unsigned("==", ty, splat(0xA)), vector)
+            builder.store(builder.add(builder.load(n_triggers), is_trigger), n_triggers)
+        values = [builder.call(reduce_or, [builder.load(type_bits)]),
+                  builder.call(reduce_umin, [builder.load(high_min)]),
+                  builder.call(reduce_umin, [builder.load(high_max)]),
+                  builder.call(reduce_add, [builder.zext(builder.load(n_events), vector32)]),
+                  builder.call(reduce_add, [builder.zext(builder.load(n_triggers), vector32)])]
+        return context.make_tuple(builder, result, [builder.zext(v, i64) for v in values])
+
+    return result(words, start, n_vectors), codegen
+
+
 @njit(cache=True, nogil=True)
 def scan_words(words, block_words, info):
-    """Vectorised pre-pass. Returns upper bounds on the events and triggers the words can produce
-    (exact unless some are dropped), to size the outputs of `decode_words`, and fills `info` with
-    each sub-block's word types (bit set) and TIME_HIGH payload range."""
+    """Pre-pass, SCAN_LANES words at a time. Returns upper bounds on the events and triggers the
+    words can produce (exact unless some are dropped), to size the outputs of `decode_words`, and
+    fills `info` with each sub-block's word types (bit set) and TIME_HIGH payload range."""
     n = words.size
     n_events = 0
     n_triggers = 0
@@ -158,14 +219,11 @@ def scan_words(words, block_words, info):
         block_stop = min(block_start + block_words, n)
         for start in range(block_start, block_stop, SUB_WORDS):
             stop = min(start + SUB_WORDS, block_stop)
-            types = 0
-            high_min = 0xFFFF  # of payload ^ 0x8000: TIME_HIGH words are the only ones below 0x1000
-            high_max = 0xFFFF  # of 0xFFF - payload, likewise
-            sub_events = 0
-            sub_triggers = 0
-            sub_words = words[start:stop]
-            for i in range(sub_words.size):
-                w = np.int64(sub_words[i])
+            n_vectors = (stop - start) // SCAN_LANES
+            types, high_min, high_max, sub_events, sub_triggers = _scan_vectors(words, start, n_vectors)
+            tail = words[start + n_vectors * SCAN_LANES:stop]
+            for i in range(tail.size):
+                w = np.int64(tail[i])
                 ty = w >> 12
                 types |= 1 << ty
                 high_min = min(high_min, w ^ 0x8000)
@@ -264,6 +322,8 @@ def _general(words, start, stop, st, acc, events, triggers, x_limit, y_limit, ma
                         cut_events, cut_triggers = n_events, n_triggers
             last_t = time
             word_events = n_events
+            if n_events + _POPCOUNT_12[mask] > events.size:
+                raise IndexError("EVT3 kernel: more events than scan_words counted")
             for k in range(_POPCOUNT_12[mask]):
                 xk = x + _BIT_OFFSETS_12[mask, k]
                 if xk < x_limit and y < y_limit:
@@ -295,6 +355,8 @@ def _general(words, start, stop, st, acc, events, triggers, x_limit, y_limit, ma
             vec_pol = np.int8(1) if vec_p else np.int8(-1)
         elif ty == 0xA:  # EXT_TRIGGER
             if time >= 0:
+                if n_triggers >= triggers.size:
+                    raise IndexError("EVT3 kernel: more triggers than scan_words counted")
                 tr = triggers[n_triggers]
                 tr.t = time
                 tr.channel = (w >> 8) & 0xF
