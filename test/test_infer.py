@@ -332,7 +332,9 @@ def test_shipped_models_load_verify_and_run():
         total += (d / entry["weights"]).stat().st_size + (d / entry["onnx"]).stat().st_size
     assert total < 8 * 2**20
     info = manifest["info"]
-    assert info["steps"]["evrefocusnet"] > 0 and info["steps"]["evmergenet"] > 0
+    assert info["steps"]["refocus"] > 0 and info["steps"]["merge"] > 0
+    assert info["evaluation"]["noisy"]["learned refocus + learned merge"]["psnr"] > \
+        info["evaluation"]["noisy"]["classical (dense, focus merge)"]["psnr"]
     card = (d / "MODEL_CARD.md").read_text()
     for entry in manifest["models"].values():
         assert entry["sha256"] in card

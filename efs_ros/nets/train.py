@@ -319,7 +319,8 @@ class Trainer:
         self.refocus.train()
         return float(np.mean(losses))
 
-    def train_refocus(self, train: Records, val: Records) -> None:
+    def train_refocus(self, train: Records, val: Records, until: int | None = None) -> None:
+        """Train to cfg.refocus_steps (or stop early at step `until`, as an interruption would)."""
         c = self.cfg
         total = c.refocus_steps
         rng_v = np.random.default_rng([c.seed, 99])
@@ -329,7 +330,7 @@ class Trainer:
         opt = self.opt["refocus"]
         bar = self._bar("refocus", total)
         t_last = time.perf_counter()
-        while self.step["refocus"] < total:
+        while self.step["refocus"] < min(total, until or total):
             s = self.step["refocus"]
             rng = _step_rng(c, "refocus", s)
             lf, ev, tg = map(torch.from_numpy, refocus_batch(train, rng, c.refocus_batch, _crop_size(c, rng),
@@ -565,7 +566,7 @@ def write_model_card(models_dir: Path, cfg: TrainConfig, info: dict, ev: dict | 
     steps, secs, val = info["steps"], info["seconds"], info.get("final_val", {})
     nan = float("nan")
     resp = info.get("response", {})
-    resp_txt = ", ".join(f"{k} {v}" for k, v in resp.items())
+    resp_txt = ", ".join(f"{k} {v}" for k, v in resp.items() if k != "type")
     b = cfg.base
     out = [
         "# EvRefocusNet and EvMergeNet (efs_ros)",
@@ -681,7 +682,8 @@ def write_model_card(models_dir: Path, cfg: TrainConfig, info: dict, ev: dict | 
 # ------------------------------------------------------------------------------------------------
 
 def _machine() -> str:
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    n = torch.get_num_threads()
+    return f"{platform.machine()} CPU, {n} torch thread{'s' if n > 1 else ''}, torch {torch.__version__}"
 
 
 def _config_from_info(info: dict) -> TrainConfig:
