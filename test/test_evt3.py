@@ -582,7 +582,7 @@ def test_compiled_kernel_releases_the_gil():
     pytest.importorskip("numba")
     from efs_ros.core import _evt3_kernel as kernel
 
-    for name in ("scan_words", "decode_words", "_general", "_fast"):
+    for name in ("scan_words", "decode", "_general", "_fast"):
         assert getattr(kernel, name).targetoptions.get("nogil") is True, name
 
 

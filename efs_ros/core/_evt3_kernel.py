@@ -26,6 +26,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from efs_ros.core.events import EVENT_DTYPE, TRIGGER_DTYPE
 from efs_ros.core.evt3 import (
     _HIGH_RANGE,
     _NO_BASE,
@@ -43,18 +44,13 @@ from efs_ros.core.evt3 import (
     FR_TYPE,
     FR_VALUE,
     FR_WORD,
-    IO_BLOCK_WORDS,
     IO_CUT_EVENTS,
     IO_CUT_TRIGGERS,
-    IO_EVENTS,
     IO_FAULTS,
     IO_JITTER,
     IO_MAX_JITTER,
-    IO_REGS_IN,
-    IO_REGS_OUT,
+    IO_REGS,
     IO_RESERVED,
-    IO_STRICT,
-    IO_TRIGGERS,
     IO_WORDS_DONE,
     IO_X_LIMIT,
     IO_Y_LIMIT,
@@ -491,44 +487,54 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
     return True
 
 
-@njit(cache=True, nogil=True)
-def decode_words(words, io, events, triggers, faults, info, contexts, increments):
-    """Decode `words` (uint16) from the registers at io[io[IO_REGS_IN]:], write the registers
-    after them at io[io[IO_REGS_OUT]:] and the counters at io[IO_EVENTS:]. `events` is an array
-    of EVENT_DTYPE with SPARE_EVENTS slots more than `scan_words` counted, `info` what it found;
-    contexts, increments: scratch of SUB_WORDS + 1 each.
+SCRATCH_SIZE = 2 * (SUB_WORDS + 1) + N_STATE + N_FAULT_KINDS * N_FAULT_COLS
+"""A decoder's reusable working memory: pass 1's contexts and increments, the state, the faults
+being counted."""
 
-    Words go in blocks of io[IO_BLOCK_WORDS]; faults are accumulated per kind and block (count
-    and first occurrence) like the numpy decoder does. In strict mode decoding stops after the
-    first block with a fault, and io[IO_CUT_*] say how many events / triggers precede the first
-    faulty word.
+
+@njit(cache=True, nogil=True)
+def decode(words, io, faults, scratch, block_words, strict):
+    """Decode `words` (uint16) from the registers in io[IO_REGS:]; returns the events and triggers
+    and leaves the counters in io[IO_FAULTS:] and fault records in `faults`. The registers are
+    updated, unless strict mode met a fault (the decoder stays as it was).
+
+    Words go in blocks of `block_words` (all of them if fewer than 1.5 blocks); faults are counted
+    per kind and block (count and first occurrence) like the numpy decoder does, `faults` has
+    N_FAULT_KINDS rows per block. In strict mode decoding stops after the first block with a
+    fault, and io[IO_CUT_*] say how many events / triggers precede the first faulty word.
     """
-    regs_in = io[io[IO_REGS_IN]:]
-    regs_out = io[io[IO_REGS_OUT]:]
+    n = words.size
+    if n <= block_words + block_words // 2:
+        block_words = max(n, 1)
+    full, rest = divmod(n, block_words)
+    info = np.empty((full * -(-block_words // SUB_WORDS) + -(-rest // SUB_WORDS), N_INFO), np.int64)
+    n_events, n_triggers = scan_words(words, block_words, info)
+    events = np.empty(n_events + SPARE_EVENTS, EVENT_DTYPE)
+    triggers = np.empty(n_triggers, TRIGGER_DTYPE)
+    contexts = scratch[:SUB_WORDS + 1]
+    increments = scratch[SUB_WORDS + 1:2 * SUB_WORDS + 2]
+    st = scratch[2 * SUB_WORDS + 2:2 * SUB_WORDS + 2 + N_STATE]
+    acc = scratch[2 * SUB_WORDS + 2 + N_STATE:SCRATCH_SIZE].reshape((N_FAULT_KINDS, N_FAULT_COLS))
+    regs = io[IO_REGS:]
     x_limit = io[IO_X_LIMIT]
     y_limit = io[IO_Y_LIMIT]
     max_jitter = io[IO_MAX_JITTER]
-    strict = io[IO_STRICT] != 0
-    block_words = io[IO_BLOCK_WORDS]
-    first_word = regs_in[R_WORDS]
-    st = np.empty(N_STATE, np.int64)
-    st[S_Y] = regs_in[R_Y]
-    st[S_BASE_X] = regs_in[R_BASE_X]
-    st[S_VEC_P] = regs_in[R_VEC_P]
-    st[S_HIGH] = regs_in[R_HIGH]
-    st[S_EPOCH] = regs_in[R_EPOCH]
-    st[S_TIME] = regs_in[R_TIME]
-    st[S_LAST_T] = regs_in[R_LAST_T]
+    first_word = regs[R_WORDS]
+    st[S_Y] = regs[R_Y]
+    st[S_BASE_X] = regs[R_BASE_X]
+    st[S_VEC_P] = regs[R_VEC_P]
+    st[S_HIGH] = regs[R_HIGH]
+    st[S_EPOCH] = regs[R_EPOCH]
+    st[S_TIME] = regs[R_TIME]
+    st[S_LAST_T] = regs[R_LAST_T]
     st[S_EVENTS] = 0
     st[S_TRIGGERS] = 0
     st[S_RESERVED] = 0
     st[S_JITTER] = 0
     st[S_CUT_EVENTS] = -1
     st[S_CUT_TRIGGERS] = -1
-    acc = np.empty((N_FAULT_KINDS, N_FAULT_COLS), np.int64)
     acc[:, FR_WORD] = -1
     acc[:, FR_COUNT] = 0
-    n = words.size
     n_faults = 0
     block = 0
     sub = 0
@@ -550,25 +556,27 @@ def decode_words(words, io, events, triggers, faults, info, contexts, increments
                      first_word)
         if st[S_BASE_X] < 0:
             st[S_BASE_X] = _NO_BASE
+        if n_faults + N_FAULT_KINDS > faults.shape[0]:
+            raise IndexError("EVT3 kernel: no room for the fault records of every block")
         n_faults = _flush_block(block, acc, faults, n_faults)
         block += 1
         block_start = block_stop
         if strict and n_faults:
             break
 
-    regs_out[R_Y] = st[S_Y]
-    regs_out[R_BASE_X] = st[S_BASE_X]
-    regs_out[R_VEC_P] = st[S_VEC_P]
-    regs_out[R_HIGH] = st[S_HIGH]
-    regs_out[R_EPOCH] = st[S_EPOCH]
-    regs_out[R_TIME] = st[S_TIME]
-    regs_out[R_LAST_T] = st[S_LAST_T]
-    regs_out[R_WORDS] = first_word + block_start
-    io[IO_EVENTS] = st[S_EVENTS]
-    io[IO_TRIGGERS] = st[S_TRIGGERS]
+    if not (strict and n_faults):
+        regs[R_Y] = st[S_Y]
+        regs[R_BASE_X] = st[S_BASE_X]
+        regs[R_VEC_P] = st[S_VEC_P]
+        regs[R_HIGH] = st[S_HIGH]
+        regs[R_EPOCH] = st[S_EPOCH]
+        regs[R_TIME] = st[S_TIME]
+        regs[R_LAST_T] = st[S_LAST_T]
+        regs[R_WORDS] = first_word + block_start
     io[IO_FAULTS] = n_faults
     io[IO_WORDS_DONE] = block_start
     io[IO_RESERVED] = st[S_RESERVED]
     io[IO_JITTER] = st[S_JITTER]
     io[IO_CUT_EVENTS] = st[S_CUT_EVENTS]
     io[IO_CUT_TRIGGERS] = st[S_CUT_TRIGGERS]
+    return events[:st[S_EVENTS]], triggers[:st[S_TRIGGERS]]

@@ -125,16 +125,13 @@ the working arrays stay in cache. Faults are counted per kind and block by both 
 F_UNKNOWN, F_NO_STATE, F_BACKWARDS, F_RANGE, F_TRIGGER_NO_TIME = range(5)
 N_FAULT_KINDS = 5
 
-# The compiled backend's int64 in/out array: two register sets (the current one and the one the
-# kernel writes; the decoder flips between them, so a strict-mode fault leaves the state as it
-# was), the configuration, and the counters the kernel returns.
-IO_REGS_A, IO_REGS_B = 0, 8
-"""Register sets: the Evt3State fields y .. words, in that order."""
-IO_REGS_IN, IO_REGS_OUT, IO_X_LIMIT, IO_Y_LIMIT, IO_MAX_JITTER, IO_STRICT, IO_BLOCK_WORDS = range(16, 23)
-(IO_EVENTS, IO_TRIGGERS, IO_FAULTS, IO_WORDS_DONE, IO_RESERVED, IO_JITTER, IO_CUT_EVENTS,
- IO_CUT_TRIGGERS) = range(24, 32)
-IO_SIZE = 32
-N_REGS = 8
+# The compiled backend's int64 in/out array: the registers (the Evt3State fields y .. words, in
+# that order; the kernel updates them unless a strict-mode fault leaves the decoder as it was),
+# the configuration, and the counters the kernel returns.
+IO_REGS, N_REGS = 0, 8
+IO_X_LIMIT, IO_Y_LIMIT, IO_MAX_JITTER = 8, 9, 10
+IO_FAULTS, IO_RESERVED, IO_JITTER, IO_WORDS_DONE, IO_CUT_EVENTS, IO_CUT_TRIGGERS = range(11, 17)
+IO_SIZE = 17
 # Columns of the kernel's fault records (one per kind and block with such faults): the first
 # faulty word's type and value, and (backwards) previous and new time or (range) x and y.
 FR_BLOCK, FR_KIND, FR_WORD, FR_COUNT, FR_TYPE, FR_VALUE, FR_A, FR_B = range(8)
@@ -199,24 +196,22 @@ class Evt3Decoder:
         self._io[IO_Y_LIMIT] = 2048 if height is None else height
         self._io[IO_MAX_JITTER] = self.max_jitter_us
         self._fault_records = np.empty((N_FAULT_KINDS, N_FAULT_COLS), np.int64)
+        """Room for the faults of one block (the kernel's faults in a call of one block)."""
         if self._kernel is not None:
-            sub = self._kernel.SUB_WORDS + 1
-            self._scratch = (np.empty(sub, np.int64), np.empty(sub, np.int64))
-            self._info = np.empty((0, self._kernel.N_INFO), np.int64)
+            self._scratch = np.empty(self._kernel.SCRATCH_SIZE, np.int64)
         self.reset()
 
     def reset(self) -> None:
-        self._regs_at = IO_REGS_A
         self._set_regs(Evt3State())
         self._pending = b""
         self.stats: dict[str, int] = {}
 
     def _set_regs(self, st: Evt3State) -> None:
-        self._io[self._regs_at:self._regs_at + N_REGS] = dataclasses.astuple(st)[:N_REGS]
+        self._io[IO_REGS:IO_REGS + N_REGS] = dataclasses.astuple(st)[:N_REGS]
 
     @property
     def state(self) -> Evt3State:
-        return Evt3State(*self._io[self._regs_at:self._regs_at + N_REGS].tolist(), pending=self._pending)
+        return Evt3State(*self._io[IO_REGS:IO_REGS + N_REGS].tolist(), pending=self._pending)
 
     def decode(self, data, strict: bool = False) -> DecodedChunk:
         """Decode one packet (bytes, bytearray, memoryview or uint8 ndarray) of the stream.
@@ -264,42 +259,29 @@ class Evt3Decoder:
         return chunk
 
     def _decode_compiled(self, buf, n_words: int, strict: bool) -> DecodedChunk:
-        kernel = self._kernel
         words = np.frombuffer(buf, dtype="<u2", count=n_words)
         if not words.flags.aligned:  # a view at an odd offset: one specialisation of the kernel
             words = words.copy()
         words.flags.writeable = False
-        block = n_words if n_words <= BLOCK_WORDS + BLOCK_WORDS // 2 else BLOCK_WORDS
-        n_blocks = -(-n_words // block)
-        rows = kernel.info_rows(n_words, block)
-        if rows > len(self._info):
-            self._info = np.empty((max(rows, 2 * len(self._info)), kernel.N_INFO), np.int64)
-        n_events, n_triggers = kernel.scan_words(words, block, self._info)
-        events = np.empty(n_events + kernel.SPARE_EVENTS, EVENT_DTYPE)  # the kernel writes ahead
-        triggers = np.empty(n_triggers, TRIGGER_DTYPE)
-        io = self._io
-        if n_blocks * N_FAULT_KINDS > len(self._fault_records):
-            self._fault_records = np.empty((n_blocks * N_FAULT_KINDS, N_FAULT_COLS), np.int64)
-        regs_at = self._regs_at
-        io[IO_REGS_IN] = regs_at
-        io[IO_REGS_OUT] = regs_at ^ (IO_REGS_A ^ IO_REGS_B)
-        io[IO_STRICT] = strict
-        io[IO_BLOCK_WORDS] = block
-        kernel.decode_words(words, io, events, triggers, self._fault_records, self._info, *self._scratch)
-        n_ev, n_tr, n_faults, words_done, n_reserved, n_jitter, cut_events, cut_triggers = \
-            io[IO_EVENTS:IO_SIZE].tolist()
-        events = events[:n_ev]
-        if n_tr < n_triggers:
-            triggers = triggers[:n_tr]
+        block_words = BLOCK_WORDS
+        if n_words <= block_words + block_words // 2:  # one block
+            fault_records = self._fault_records
+        else:
+            fault_records = np.empty((-(-n_words // block_words) * N_FAULT_KINDS, N_FAULT_COLS), np.int64)
+        events, triggers = self._kernel.decode(words, self._io, fault_records, self._scratch, block_words,
+                                               strict)
+        n_faults, n_reserved, n_jitter, words_done, cut_events, cut_triggers = \
+            self._io[IO_FAULTS:IO_SIZE].tolist()
+        if not (n_faults or n_reserved or n_jitter):
+            return DecodedChunk(events, triggers, [], n_words, {})
         stats = {}
         if n_reserved:
             stats["reserved_0x9"] = n_reserved
         if n_jitter:
             stats["time_jitter"] = n_jitter
         if not n_faults:
-            self._regs_at = io[IO_REGS_OUT]
             return DecodedChunk(events, triggers, [], n_words, stats)
-        records = sorted(self._fault_records[:n_faults].tolist(),
+        records = sorted(fault_records[:n_faults].tolist(),
                          key=lambda r: (r[FR_BLOCK], r[FR_WORD], r[FR_KIND]))
         faults = [_fault_message(r[FR_KIND], r[FR_WORD], r[FR_COUNT], r[FR_TYPE], r[FR_VALUE],
                                  r[FR_A], r[FR_B], self.width, self.height, self.max_jitter_us)
@@ -311,7 +293,6 @@ class Evt3Decoder:
         if strict:
             raise Evt3Error(faults[0], DecodedChunk(events[:cut_events], triggers[:cut_triggers], faults,
                                                     words_done, stats))
-        self._regs_at = io[IO_REGS_OUT]
         return DecodedChunk(events, triggers, faults, n_words, stats)
 
     def finish(self, strict: bool = False) -> DecodedChunk:
@@ -374,6 +355,8 @@ def _concat(arrays: list[np.ndarray], dtype) -> np.ndarray:
 
 
 def _as_buffer(data):
+    if isinstance(data, bytes):
+        return data
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
             raise TypeError(f"EVT3 data must be bytes or a uint8 array, got an array of {data.dtype}")
