@@ -20,6 +20,7 @@ from .refocus import (
     DEFAULT_RESPONSE,
     DEFAULT_THRESHOLD,
     EventStack,
+    EventTimeline,
     LinLogResponse,
     LogResponse,
     Refocuser,
@@ -90,6 +91,9 @@ class PipelineConfig:
     refocus_net: RefocusNet | None = None
     merge_net: MergeNet | None = None
     net_event_bins: int = 64
+    event_timing: bool = True
+    """Refocus-map merge: read each pixel's level between events from their timing
+    (refocus.EventTimeline) rather than the binned step function."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -228,6 +232,9 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
     else:
         t = time.perf_counter()
         if config.merge == "refocus_map":
+            if config.event_timing:
+                refocuser.timeline = EventTimeline(events, h, w, (stack.span_s[0] * 1e6,
+                                                                  stack.span_s[1] * 1e6))
             aif = merge_refocus_map(refocuser, sel.refocus_map)
         else:
             lums, counts = sel.lums, None

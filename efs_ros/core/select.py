@@ -243,7 +243,7 @@ def golden_section_patches(refocuser: Refocuser, events: np.ndarray, grid: int =
 
     def sharpness(k: np.ndarray) -> np.ndarray:
         times = index_to_time(k)
-        lum = refocuser.luminance_at_pixel_times(times[pid]).ravel().astype(np.float64)
+        lum = refocuser.luminance_at_pixel_times(times[pid], timing=False).ravel().astype(np.float64)
         s1 = np.bincount(pid_flat, lum, n_p) / npix
         s2 = np.bincount(pid_flat, lum * lum, n_p) / npix
         return s2 - s1 * s1
