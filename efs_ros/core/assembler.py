@@ -22,8 +22,16 @@ Pending frames are bounded by `max_pending_frames` (oldest dropped, counted).
 
 Bad input never raises and never costs data already accepted: a packet with an unknown
 encoding, a wrong sensor size or big-endian words is rejected and counted with a one-line
-reason; decoder faults are counted and the valid events around them kept; seq gaps count as
-lost packets; ROS time jumping back (a bag that loops) resets everything and is reported.
+reason; decoder faults are counted and the valid events around them kept; a packet of an odd
+number of bytes loses its last byte (a fault: carried into the next packet it would misalign
+every later word); seq gaps count as lost packets (whatever the clock does, so that received +
+lost = sent); ROS time jumping back (a bag that loops) resets everything and is reported.
+
+No silently wrong image: a job is skipped with a counted reason (`skipped_by_reason`) when
+its frame is saturated (more than `max_saturated_fraction` of its pixels clipped at full scale:
+the irradiance there is unknown and events cannot restore it) or when its sweep holds fewer
+than `min_events_per_pixel` events per pixel (no evidence to refocus with: the output would be
+the blurred input passed off as all-in-focus), besides the data-loss reasons above.
 """
 from __future__ import annotations
 
@@ -63,6 +71,10 @@ class AssemblerConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
     max_faults_kept: int = 32
+    max_saturated_fraction: float = 0.5
+    """A frame with more of its pixels saturated (any channel at full scale) gives no job."""
+    min_events_per_pixel: float = 1e-3
+    """A sweep with fewer events than this per pixel gives no job (at least one event)."""
 
 
 @dataclass
@@ -70,6 +82,16 @@ class _Frame:
     stamp_ns: int
     pixels: np.ndarray
     encoding: str
+    saturated: float = 0.0
+    """Share of pixels with a channel at full scale (255, or 1.0 for float frames)."""
+
+
+def saturated_fraction(image: np.ndarray) -> float:
+    """Share of pixels with any channel at full scale (uint8 255; float >= 1)."""
+    full = image >= (255 if image.dtype == np.uint8 else 1.0)
+    if full.ndim == 3:
+        full = full.any(axis=2)
+    return float(full.mean()) if full.size else 0.0
 
 
 class JobAssembler:
@@ -84,13 +106,20 @@ class JobAssembler:
             "frames", "frames_rejected", "frames_dropped", "frames_without_sweep",
             "focus_samples", "focus_rejected", "jobs", "jobs_skipped", "clock_resets",
             "stale_messages", "contract_violations"), 0)
+        self.skipped_by_reason: dict[str, int] = {}
+        """Jobs skipped, by short reason code (see _make_job)."""
+        self.last_skip = ""
         self.last_violation = ""
         """The latest message rejected for breaking the CONTRACT (offline eval stops on it)."""
         self._width = self.config.width
         self._height = self.config.height
         self.last_reset_reason = ""
+        self._last_seq: int | None = None
+        """Transport bookkeeping, kept across clock resets: a seq gap is a lost packet."""
         self._reset_state()
         self._reset_stamp: int | None = None
+        self._before_reset: dict[str, int] = {}
+        """Each topic's last stamp before the latest clock reset (to tell stale messages)."""
 
     # ------------------------------------------------------------------ state
 
@@ -104,7 +133,6 @@ class JobAssembler:
         self._overflow_until_us: int | None = None
         self._first_packet_stamp: int | None = None
         self._last_packet_stamp: int | None = None
-        self._last_seq: int | None = None
         self._lost_at: deque[tuple[int, int]] = deque(maxlen=4096)  # (stamp, packets lost)
         self._sync = ClockSync(self.config.sync)
         self._tracker = SweepTracker(self.config.sweeps)
@@ -138,13 +166,19 @@ class JobAssembler:
             self._counters["clock_resets"] += 1
             self.last_reset_reason = reason
             self._fault(reason)
+            self._before_reset = dict(self._last_stamp)
             self._reset_state()
             self._reset_stamp = stamp_ns
             last = None
-        elif last is None and self._reset_stamp is not None and stamp_ns > self._reset_stamp + jump:
-            # from before the jump, delivered late on a topic that has not jumped yet
-            self._counters["stale_messages"] += 1
-            return False
+        elif last is None and self._reset_stamp is not None:
+            # From before the jump, delivered late on a topic that has not jumped yet: it goes
+            # on where that topic was. A first message of the new timeline lies well before
+            # that (a slow topic's first frame may come long after the reset, and is kept).
+            before = self._before_reset.get(topic)
+            if before is not None and stamp_ns > self._reset_stamp + jump \
+                    and stamp_ns >= before - jump:
+                self._counters["stale_messages"] += 1
+                return False
         self._last_stamp[topic] = stamp_ns if last is None else max(last, stamp_ns)
         return True
 
@@ -154,22 +188,30 @@ class JobAssembler:
                          seq: int | None = None, is_bigendian: bool = False) -> bool:
         """One event_camera_msgs/EventPacket. Returns False when it was rejected (counted)."""
         stamp_ns = int(stamp_ns)
-        if not self._check_clock(TOPIC_EVENTS, stamp_ns):
-            return False
-        if seq is not None:
+        lost = 0
+        if seq is not None:  # before the clock check: every packet counts for the transport
             seq = int(seq)
             if self._last_seq is not None:
                 if seq > self._last_seq + 1:
                     lost = seq - self._last_seq - 1
                     self._counters["packets_lost"] += lost
-                    self._lost_at.append((stamp_ns, lost))
                 elif seq <= self._last_seq:
                     self._counters["seq_restarts"] += 1
             self._last_seq = seq
+        if not self._check_clock(TOPIC_EVENTS, stamp_ns):
+            return False
+        if lost:
+            self._lost_at.append((stamp_ns, lost))
         reason = self._packet_problem(int(width), int(height), str(encoding), bool(is_bigendian))
         if reason:
             self._violation("packets_rejected", reason)
             return False
+        n_bytes = len(data)
+        if n_bytes & 1:
+            self._counters["decode_faults"] += 1
+            self._fault(f"event packet stamped {stamp_ns} has {n_bytes} bytes, not whole 16-bit "
+                        "words: last byte dropped")
+            data = data[:n_bytes - 1]
         if self._decoder is None:
             self._decoder = Evt3Decoder(self._width, self._height)
         try:
@@ -267,7 +309,7 @@ class JobAssembler:
         self._counters["frames"] += 1
         self._last_frame_stamp = stamp_ns
         self._sync.add_frame(stamp_ns)
-        self._frames.append(_Frame(stamp_ns, image.copy(), encoding))
+        self._frames.append(_Frame(stamp_ns, image.copy(), encoding, saturated_fraction(image)))
         while len(self._frames) > self.config.max_pending_frames:
             self._frames.popleft()
             self._counters["frames_dropped"] += 1
@@ -343,8 +385,11 @@ class JobAssembler:
             # packets are stamped in order: "up to ready_at" is the same set live and offline
             job, reason = self._make_job(frame, sweep, ready_at)
             if job is None:
+                code, text = reason
                 self._counters["jobs_skipped"] += 1
-                self._fault(f"frame {frame.stamp_ns}: {reason}: skipped")
+                self.skipped_by_reason[code] = self.skipped_by_reason.get(code, 0) + 1
+                self.last_skip = f"frame {frame.stamp_ns}: {text}: skipped"
+                self._fault(self.last_skip)
                 continue
             self._counters["jobs"] += 1
             jobs.append(job)
@@ -352,28 +397,37 @@ class JobAssembler:
         return jobs
 
     def _make_job(self, frame: _Frame, sweep: Sweep, fit_at_ns: int):
+        """(job, None), or (None, (reason code, one-line reason)) for a job that must be skipped."""
         problem = self._frame_size_problem(frame.pixels)
         if problem:
             self._violation("frames_rejected", problem)
-            return None, problem
+            return None, ("frame_size", problem)
         if self._last_packet_stamp is None:
-            return None, "no event packets"
+            return None, ("no_packets", "no event packets")
         if self._last_packet_stamp < sweep.end_ns:
-            return None, "the event stream ends before the sweep does"
+            return None, ("events_end_early", "the event stream ends before the sweep does")
         delay = int(5e6)
         if self._first_packet_stamp is not None and self._first_packet_stamp - delay > sweep.start_ns:
-            return None, "the event stream starts after the sweep began"
+            return None, ("events_start_late", "the event stream starts after the sweep began")
         fit = self._sync.fit(fit_at_ns, frame.stamp_ns)
         if fit is None:
-            return None, "no clock fit (no events decoded)"
+            return None, ("no_clock_fit", "no clock fit (no events decoded)")
         lo_us = int(np.floor(fit.to_sensor_us(sweep.start_ns))) - 1
         hi_us = int(np.ceil(fit.to_sensor_us(sweep.end_ns))) + 1
         if self._overflow_until_us is not None and self._overflow_until_us >= lo_us:
-            return None, "events of its sweep were dropped (buffer overflow)"
+            return None, ("overflow", "events of its sweep were dropped (buffer overflow)")
         events = self._events_for(fit, lo_us, hi_us, frame.stamp_ns, sweep)
         focus_t_ns, focus_dpt = self._tracker.focus_between(sweep.start_ns, sweep.end_ns)
         if focus_t_ns.size < 2:
-            return None, "fewer than two lens samples in its sweep"
+            return None, ("few_lens_samples", "fewer than two lens samples in its sweep")
+        if frame.saturated > self.config.max_saturated_fraction:
+            return None, ("saturated", f"frame saturated ({frame.saturated:.0%} of its pixels at "
+                                       "full scale): no evidence of the scene there")
+        n_pixels = frame.pixels.shape[0] * frame.pixels.shape[1]
+        min_events = max(1, int(np.ceil(self.config.min_events_per_pixel * n_pixels)))
+        if events.size < min_events:
+            return None, ("no_events", f"{events.size} events in its sweep (fewer than "
+                                       f"{min_events}): nothing to refocus with")
         pixels = frame.pixels
         linear = to_linear(pixels, frame.encoding) if pixels.dtype == np.uint8 \
             else np.ascontiguousarray(pixels, dtype=np.float32)
@@ -461,6 +515,12 @@ class JobAssembler:
 
     # ------------------------------------------------------------------ health
 
+    def counts(self) -> dict:
+        """The counters alone (cheap: for a check after every message)."""
+        out = dict(self._counters)
+        out["events_buffered"] = self._buffered
+        return out
+
     def stats(self) -> dict:
         out = dict(self._counters)
         out.update({
@@ -473,6 +533,10 @@ class JobAssembler:
             "sensor_size": f"{self._width}x{self._height}" if self.sensor_size else "",
             "last_fault": self.faults[-1] if self.faults else "",
             "last_reset": self.last_reset_reason,
+            "last_skip": self.last_skip,
+            "skipped_by_reason": ", ".join(f"{k} {v}" for k, v in
+                                           sorted(self.skipped_by_reason.items())),
+            "frame_saturated_fraction": self._frames[-1].saturated if self._frames else 0.0,
         })
         out.update(self._sync.summary())
         return out

@@ -17,7 +17,27 @@ decoded events (13 bytes each) and drops the OLDEST beyond (events_dropped), ski
 whose sweep lost events (jobs_skipped) rather than publishing a wrong image; at most
 `max_pending_frames` frames wait for their sweep (frames_dropped); at most `max_pending_jobs`
 jobs wait for the worker, the oldest dropped (jobs_dropped). The pipeline runs in a child
-process (`pipeline_process`), so these callbacks never wait for it.
+process (`pipeline_process`), so these callbacks never wait for it. Every event packet that
+reaches the callback is counted once: events_received = packets_accepted + packets_rejected +
+stale_messages, and seq gaps (packets DDS or the queue lost) are packets_lost, so received +
+lost = sent.
+
+Memory cap (RSS of the node process, measured by test_load): about 250 MB of interpreter,
+rclpy, numba and DDS, plus events_queue_depth x the largest packet (the DDS history; 1000 x
+64 KiB = 64 MB), plus 13 B x max_buffered_events for the buffer, plus the same again for each
+job that holds its sweep's events (queued, running, and frames of the sweep being cut; at most
+max_pending_jobs + the frames per sweep + 1). Defaults, 1280x720 at 30 M events/s: 208 MB
+buffer, a 0.25 s sweep of 7.5 M events is 98 MB per job. The child process adds ~250 MB plus
+the job it runs. The load test floods at twice the measured capacity for 60 s and checks it.
+
+No silently wrong image. Input the pipeline cannot turn into a trustworthy image gives no
+output and a counted reason (jobs_skipped, jobs_skipped_by_reason, last_skip in /diagnostics,
+WARN for the period it happens in): a frame more than half saturated (the irradiance is unknown
+there), a sweep with no events (fewer than 1 per 1000 pixels: the output would be the blurred
+input passed off as all-in-focus), a sweep whose events were lost to overflow. Without any lens
+state (/lens/focus_state never heard) frames cannot be placed in sweeps: /diagnostics says so
+(WARN "no lens focus state ...") and the frames wait, bounded by max_pending_frames, then are
+dropped and counted; output starts once the lens appears.
 
     python -m efs_ros.nodes.all_in_focus --ros-args -p backend:=classical -p method:=dense
 """
@@ -336,7 +356,7 @@ class AllInFocusNode(Node):
         self._backend = BackendState(note="not opened yet (first job)")
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._started = time.monotonic()
-        self._rate_mark = (time.monotonic(), dict(self._counts.received), 0, 0, 0)
+        self._rate_mark = (time.monotonic(), dict(self._counts.received), 0, 0, 0, 0)
         self._rates: dict = {}
 
         reliability = ReliabilityPolicy.RELIABLE if settings.reliable_inputs \
@@ -584,7 +604,7 @@ class AllInFocusNode(Node):
             st = self._assembler.stats()
             bad_now = (st["packets_rejected"] + st["decode_faults"] + st["frames_rejected"]
                        + st["focus_rejected"] + c.bad_messages + c.callback_errors)
-            mark_t, mark_received, mark_jobs, mark_bad, mark_events = self._rate_mark
+            mark_t, mark_received, mark_jobs, mark_bad, mark_events, mark_skipped = self._rate_mark
             dt = now - mark_t
             if dt >= 0.5:
                 self._rates = {f"{k}_hz": (c.received[k] - mark_received[k]) / dt for k in INPUTS}
@@ -593,13 +613,15 @@ class AllInFocusNode(Node):
                 total = sum(c.received[k] - mark_received[k] for k in INPUTS)
                 self._rates["bad_fraction"] = (bad_now - mark_bad) / max(total, 1)
                 self._rates["new_bad"] = bad_now - mark_bad
-                self._rate_mark = (now, dict(c.received), c.jobs_done, bad_now, st["events"])
+                self._rates["new_skipped"] = st["jobs_skipped"] - mark_skipped
+                self._rate_mark = (now, dict(c.received), c.jobs_done, bad_now, st["events"],
+                                   st["jobs_skipped"])
             rates = dict(self._rates)
             silent = {k: (now - t if t is not None else now - self._started)
                       for k, t in c.last_arrival.items()}
             latency = sorted(c.latency_ms)
             values = {
-                **{k: round(v, 2) for k, v in rates.items() if k != "new_bad"},
+                **{k: round(v, 2) for k, v in rates.items() if not k.startswith("new_")},
                 "job_latency_ms": latency[-1] if latency else 0.0,
                 "job_latency_median_ms": latency[len(latency) // 2] if latency else 0.0,
                 "job_age_ms": c.age_ms[-1] if c.age_ms else 0.0,
@@ -611,12 +633,16 @@ class AllInFocusNode(Node):
                 "buffer_events": st["events_buffered"], "max_buffered_events": s.max_buffered_events,
                 "buffer_fill": st["buffer_fill"],
                 "events_dropped": st["events_dropped_overflow"],
+                "packets_accepted": st["packets"], "stale_messages": st["stale_messages"],
                 "decode_faults": st["decode_faults"], "packets_rejected": st["packets_rejected"],
-                "packets_lost": st["packets_lost"],
+                "packets_lost": st["packets_lost"], "seq_restarts": st["seq_restarts"],
                 "frames_rejected": st["frames_rejected"], "frames_dropped": st["frames_dropped"],
                 "frames_without_sweep": st["frames_without_sweep"],
                 "focus_rejected": st["focus_rejected"] + c.bad_messages,
-                "jobs_skipped": st["jobs_skipped"], "clock_resets": st["clock_resets"],
+                "jobs_skipped": st["jobs_skipped"],
+                "jobs_skipped_by_reason": st["skipped_by_reason"], "last_skip": st["last_skip"],
+                "frame_saturated_fraction": round(st["frame_saturated_fraction"], 4),
+                "frames_pending": st["frames_pending"], "clock_resets": st["clock_resets"],
                 "callback_errors": c.callback_errors, "publish_errors": c.publish_errors,
                 "sweeps": st["sweeps"], "sensor_size": st["sensor_size"],
                 "sync_source": st["sync_source"], "sync_drift_ppm": st["sync_drift_ppm"],
@@ -629,12 +655,22 @@ class AllInFocusNode(Node):
             }
             failed_in_a_row = c.failed_in_a_row
             new_bad = rates.get("new_bad", 0)
+            new_skipped = rates.get("new_skipped", 0)
+            no_lens = c.last_arrival["focus"] is None and c.received["frames"] > 0
             bad_fraction = rates.get("bad_fraction", 0.0)
         level, message = DIAG_OK, "running"
         problems = []
         quiet = [k for k, v in silent.items() if v > s.input_timeout_s]
+        if no_lens and silent["focus"] > s.input_timeout_s:
+            quiet.remove("focus")
+            problems.append((DIAG_WARN, f"no lens focus state on {FOCUS_TOPIC}: frames cannot be "
+                                        f"placed in sweeps, no output ({values['frames_pending']} "
+                                        f"waiting, {values['frames_dropped']} dropped)"))
         if quiet:
             problems.append((DIAG_WARN, f"{', '.join(quiet)} silent > {s.input_timeout_s:g} s"))
+        if new_skipped:
+            problems.append((DIAG_WARN, f"{new_skipped} job(s) skipped, no output for them "
+                                        f"({values['last_skip']})"))
         if new_bad and bad_fraction >= s.fault_error_fraction:
             problems.append((DIAG_ERROR, f"{bad_fraction:.0%} of recent input rejected "
                                          f"({values['last_fault']})"))

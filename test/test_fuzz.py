@@ -1,0 +1,460 @@
+"""Bad input, fuzzed and targeted: 10^5 mutated EVT3 packets through the decoder, the
+JobAssembler (the node's core) and the live all_in_focus node over DDS; frames the pipeline
+cannot trust, a missing lens and a sweep without events through the live node; corrupt
+sqlite3 bags through `make eval`.
+
+The mutations start from real packets (the shared 1280x720 recording) and synthetic ones
+(encode_evt3): truncated (odd lengths included), flipped bits, random bytes, empty, EVT2 words
+(a wrong encoding), time jumps, wraps, unknown word types, out-of-sensor addresses, spliced
+and duplicated word runs. What must hold: nothing raises (non-strict), no call takes long
+(a hang detector, not a speed test), every packet and fault is counted, and the valid events
+around the faults are still decoded and used.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from efs_ros.core.assembler import AssemblerConfig, JobAssembler
+from efs_ros.core.events import EVENT_DTYPE, TRIGGER_DTYPE
+from efs_ros.core.evt3 import (
+    ADDR_X,
+    ADDR_Y,
+    TIME_HIGH,
+    TIME_LOW,
+    VECT_BASE_X,
+    Evt3Decoder,
+    Evt3Error,
+    encode_evt3,
+    warm_up,
+)
+
+N_PACKETS = 100_000
+HANG_S = 5.0
+"""No single call may take this long (a 10 kB packet decodes in ~0.1 ms): a hang detector."""
+WRAP = 1 << 24
+REAL_SIZE = (1280, 720)
+SMALL = (96, 72)
+
+
+# ----------------------------------------------------------------------------- sources
+
+@pytest.fixture(scope="module")
+def real_packets(real_evt3_bag) -> list[bytes]:
+    from efs_ros.io.recording import TOPIC_EVENTS, read_recording
+
+    packets = [bytes(msg.events) for _, msg, _ in read_recording(real_evt3_bag,
+                                                                 topics=[TOPIC_EVENTS])]
+    assert len(packets) > 100
+    return packets
+
+
+def synthetic_events(rng, n: int, width: int, height: int, t0: int = 0,
+                     span_us: int = 20_000) -> np.ndarray:
+    """Sorted events, with same-row runs so that the encoder writes vector words."""
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(t0, t0 + span_us, n))
+    ev["y"] = rng.integers(0, height, n)
+    ev["x"] = rng.integers(0, width, n)
+    runs = rng.random(n) < 0.5  # half the events copy their predecessor's t, y, p at x + 1..3
+    runs[0] = False
+    prev = np.flatnonzero(runs) - 1
+    ev["t"][runs], ev["y"][runs] = ev["t"][prev], ev["y"][prev]
+    ev["x"][runs] = np.minimum(ev["x"][prev] + rng.integers(1, 4, prev.size), width - 1)
+    ev["p"] = rng.choice(np.array([-1, 1], np.int8), n)
+    ev["p"][runs] = ev["p"][prev]
+    order = np.lexsort((ev["x"], ev["y"], ev["t"]))
+    ev = ev[order]
+    keep = np.ones(n, bool)  # the encoder needs distinct (t, y, x, p) within a vector
+    keep[1:] = (np.diff(ev["t"]) != 0) | (np.diff(ev["y"].astype(int)) != 0) | \
+        (np.diff(ev["x"].astype(int)) != 0)
+    return ev[keep]
+
+
+def some_triggers(rng, t0: int, t1: int, n: int) -> np.ndarray:
+    tr = np.zeros(n, TRIGGER_DTYPE)
+    tr["t"] = np.sort(rng.integers(t0, t1, n))
+    tr["value"] = np.arange(n) % 2
+    return tr
+
+
+@pytest.fixture(scope="module")
+def synthetic_packets() -> list[bytes]:
+    """One stream crossing an EVT3 wrap, with triggers, split into packets at word boundaries."""
+    rng = np.random.default_rng(5)
+    t0 = WRAP - 200_000
+    ev = synthetic_events(rng, 60_000, *REAL_SIZE, t0=t0, span_us=400_000)
+    data = encode_evt3(ev, some_triggers(rng, t0, t0 + 400_000, 40))
+    cuts = np.unique(rng.integers(1, len(data) // 2, 300)) * 2
+    return [data[a:b] for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(data)], strict=True)]
+
+
+def clean_packet(rng, width: int, height: int, t0: int):
+    """A self-contained packet (TIME_HIGH, TIME_LOW, ADDR_Y before its first event) and what it
+    decodes to."""
+    ev = synthetic_events(rng, int(rng.integers(1, 300)), width, height, t0=t0, span_us=3000)
+    tr = some_triggers(rng, t0, t0 + 3000, int(rng.integers(0, 3)))
+    return encode_evt3(ev, tr), ev, tr
+
+
+# ----------------------------------------------------------------------------- mutations
+
+def _words(data: bytes) -> np.ndarray:
+    return np.frombuffer(data[: len(data) // 2 * 2], "<u2").copy()
+
+
+def _insert(w: np.ndarray, rng, values) -> np.ndarray:
+    return np.insert(w, int(rng.integers(0, w.size + 1)), np.asarray(values, np.uint16))
+
+
+def mutate(rng, data: bytes, width: int, height: int) -> tuple[bytes, str]:
+    """One random mutation of a packet: (bytes, kind)."""
+    kind = MUTATIONS[int(rng.integers(len(MUTATIONS)))]
+    b = np.frombuffer(data, np.uint8)
+    w = _words(data)
+    if kind == "truncate":
+        out = b[: int(rng.integers(0, b.size + 1))].tobytes()
+    elif kind == "truncate_odd":
+        out = b[: int(rng.integers(0, max(b.size // 2, 1))) * 2 + 1].tobytes() if b.size else b"\x80"
+    elif kind == "flip_bits":
+        b = b.copy()
+        if b.size:
+            bits = rng.integers(0, b.size * 8, int(rng.integers(1, 17)))
+            np.bitwise_xor.at(b, bits >> 3, (1 << (bits & 7)).astype(np.uint8))
+        out = b.tobytes()
+    elif kind == "garbage":
+        out = rng.integers(0, 256, int(rng.integers(1, 4000)), dtype=np.uint8).tobytes()
+    elif kind == "empty":
+        out = b""
+    elif kind == "evt2_words":  # EVT 2.0: 32-bit CD words (type 0/1 at bits 31..28)
+        n = int(rng.integers(1, 500))
+        ev2 = (rng.integers(0, 2, n).astype(np.uint32) << 28) | \
+            (rng.integers(0, 64, n).astype(np.uint32) << 22) | \
+            (rng.integers(0, 2048, n).astype(np.uint32) << 11) | rng.integers(0, 2048, n).astype(np.uint32)
+        out = ev2.astype("<u4").tobytes()
+    elif kind == "time_jump":  # some TIME_HIGH words get arbitrary values
+        high = np.flatnonzero((w >> 12) == TIME_HIGH)
+        pick = high[rng.random(high.size) < 0.5] if high.size else np.zeros(0, int)
+        w[pick] = (TIME_HIGH << 12) | rng.integers(0, 4096, pick.size).astype(np.uint16)
+        out = _insert(w, rng, [(TIME_HIGH << 12) | int(rng.integers(4096))]).tobytes()
+    elif kind == "wrap":  # a full-range TIME_HIGH drop somewhere: one more epoch
+        out = _insert(w, rng, [(TIME_HIGH << 12) | 0xFFF, TIME_HIGH << 12]).tobytes()
+    elif kind == "unknown_words":
+        ty = rng.choice(np.array([0x1, 0xB, 0xC, 0xD], np.uint16), int(rng.integers(1, 5)))
+        for t in ty:
+            w = _insert(w, rng, [(int(t) << 12) | int(rng.integers(4096))])
+        out = w.tobytes()
+    elif kind == "out_of_range":  # a complete event (time, y, x) beyond the sensor
+        x = int(rng.integers(width, 2048))
+        y = int(rng.integers(0, height))
+        out = _insert(w, rng, [TIME_HIGH << 12, TIME_LOW << 12, (ADDR_Y << 12) | y,
+                               (ADDR_X << 12) | x]).tobytes()
+    elif kind == "splice":  # two word runs swapped (reordered transport)
+        if w.size > 4:
+            i, j = np.sort(rng.integers(0, w.size, 2))
+            w = np.concatenate([w[j:], w[i:j], w[:i]])
+        out = w.tobytes()
+    else:  # "duplicate": a word run repeated (time goes back)
+        if w.size > 2:
+            i, j = np.sort(rng.integers(0, w.size, 2))
+            w = np.concatenate([w[:j], w[i:j], w[j:]])
+        out = w.tobytes()
+    return out, kind
+
+
+MUTATIONS = ("truncate", "truncate_odd", "flip_bits", "garbage", "empty", "evt2_words",
+             "time_jump", "wrap", "unknown_words", "out_of_range", "splice", "duplicate")
+
+
+def packet_stream(rng, real: list[bytes], synthetic: list[bytes], n: int, p_mutate: float = 0.6):
+    """n packets in stream order, a share of them mutated: (bytes, kind, source)."""
+    sources = (("real", real), ("synthetic", synthetic))
+    out = []
+    while len(out) < n:
+        name, packets = sources[int(rng.integers(2))]
+        start = int(rng.integers(len(packets)))
+        for packet in packets[start:start + int(rng.integers(5, 60))]:
+            if rng.random() < p_mutate:
+                packet, kind = mutate(rng, packet, *REAL_SIZE)
+            else:
+                kind = "clean"
+            out.append((packet, kind, name))
+    return out[:n]
+
+
+def check_chunk(chunk, width, height, n_words: int) -> None:
+    assert chunk.events.dtype == EVENT_DTYPE and chunk.triggers.dtype == TRIGGER_DTYPE
+    assert chunk.n_words == n_words
+    ev = chunk.events
+    if ev.size:
+        assert int(ev["x"].max()) < width and int(ev["y"].max()) < height
+        assert np.all(np.abs(ev["p"]) == 1) and int(ev["t"].min()) >= 0
+    if chunk.triggers.size:
+        assert int(chunk.triggers["value"].max()) <= 1 and int(chunk.triggers["channel"].max()) <= 15
+    if chunk.faults:
+        assert chunk.stats["faults"] == len(chunk.faults)
+        assert all(f and "\n" not in f for f in chunk.faults)
+
+
+def same_mod_wrap(got: np.ndarray, want: np.ndarray, fields) -> bool:
+    """Equal field by field, time compared modulo the 2^24 us wrap (garbage may add epochs)."""
+    if got.size != want.size:
+        return False
+    return all(np.array_equal(got[f] % WRAP, want[f] % WRAP) if f == "t"
+               else np.array_equal(got[f], want[f]) for f in fields)
+
+
+# ----------------------------------------------------------------------------- (a) decoder
+
+def test_decoder_survives_1e5_mutated_packets_and_counts_their_faults(real_packets,
+                                                                       synthetic_packets):
+    warm_up()
+    rng = np.random.default_rng(1)
+    stream = packet_stream(rng, real_packets, synthetic_packets, N_PACKETS)
+    worst, n_faults, by_kind = 0.0, 0, {}
+    decoder, pending = None, 0
+    for i, (packet, kind, _) in enumerate(stream):
+        if i % 500 == 0:  # a new stream now and then, some with a sensor smaller than the data
+            size = REAL_SIZE if rng.random() < 0.8 else SMALL
+            decoder, pending = Evt3Decoder(*size), 0
+        start = time.perf_counter()
+        chunk = decoder.decode(packet)
+        worst = max(worst, time.perf_counter() - start)
+        check_chunk(chunk, decoder.width, decoder.height, (pending + len(packet)) // 2)
+        aligned = pending == 0  # else the carried odd byte shifts every word of this packet
+        pending = (pending + len(packet)) % 2
+        n_faults += len(chunk.faults)
+        if chunk.faults:
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+        if kind == "unknown_words" and aligned:  # each inserted word is a fault, anywhere
+            assert any("unknown word type" in f for f in chunk.faults), chunk.faults
+        if kind == "out_of_range" and aligned and decoder.width == REAL_SIZE[0]:
+            assert any("outside the 1280x720 sensor" in f for f in chunk.faults), chunk.faults
+        if pending and rng.random() < 0.5:  # end of a stream mid-word: a truncation fault
+            tail = decoder.finish()
+            assert len(tail.faults) == 1 and "truncated data" in tail.faults[0]
+            pending = 0
+    assert worst < HANG_S
+    assert n_faults > N_PACKETS // 10
+    # the kinds of damage a decoder can see show up as faults; clean packets of a stream
+    # decoded in order give none (only those right after damage can)
+    assert {"garbage", "unknown_words", "out_of_range", "time_jump", "evt2_words"} <= set(by_kind)
+    assert by_kind.get("clean", 0) < sum(by_kind.values()) // 4
+
+
+def test_both_decoder_backends_count_the_same_faults_on_mutated_packets(real_packets,
+                                                                         synthetic_packets):
+    """Two independent implementations (compiled kernel, numpy passes) agree on events,
+    triggers, every fault message and the counters, packet by packet."""
+    rng = np.random.default_rng(2)
+    stream = packet_stream(rng, real_packets, synthetic_packets, 2000, p_mutate=0.7)
+    a, b = Evt3Decoder(*REAL_SIZE, backend="numba"), Evt3Decoder(*REAL_SIZE, backend="numpy")
+    n_faults = 0
+    for packet, _, _ in stream:
+        ca, cb = a.decode(packet), b.decode(packet)
+        assert ca.faults == cb.faults
+        assert ca.stats == cb.stats
+        assert np.array_equal(ca.events, cb.events) and np.array_equal(ca.triggers, cb.triggers)
+        n_faults += len(ca.faults)
+    assert n_faults > 100 and a.stats == b.stats
+
+
+def test_strict_mode_raises_exactly_on_faults_with_the_prefix_decoded(real_packets,
+                                                                       synthetic_packets):
+    rng = np.random.default_rng(3)
+    stream = packet_stream(rng, real_packets, synthetic_packets, 3000, p_mutate=0.5)
+    lenient, strict = Evt3Decoder(*REAL_SIZE), Evt3Decoder(*REAL_SIZE)
+    raised = 0
+    for packet, _, _ in stream:
+        chunk = lenient.decode(packet)
+        try:
+            strict_chunk = strict.decode(packet, strict=True)
+        except Evt3Error as err:
+            raised += 1
+            assert chunk.faults and str(err) == chunk.faults[0]
+            n = err.partial.events.size
+            assert np.array_equal(err.partial.events, chunk.events[:n])
+            strict.decode(packet)  # a strict fault leaves the decoder as it was: catch up
+            continue
+        assert not chunk.faults
+        assert np.array_equal(strict_chunk.events, chunk.events)
+    assert raised > 100
+
+
+def test_a_clean_packet_after_garbage_decodes_exactly(real_packets, synthetic_packets):
+    """Whatever garbage came before (the stream ended with finish()), a packet that sets time
+    and row before its events decodes to exactly its events (time modulo the wrap: garbage
+    TIME_HIGH words may have advanced the epoch)."""
+    rng = np.random.default_rng(4)
+    decoder = Evt3Decoder(*REAL_SIZE)
+    for i in range(3000):
+        garbage, _ = mutate(rng, (real_packets + synthetic_packets)[i % 200], *REAL_SIZE)
+        decoder.decode(garbage)
+        decoder.finish()
+        data, ev, tr = clean_packet(rng, *REAL_SIZE, t0=int(rng.integers(0, WRAP - 4000)))
+        chunk = decoder.decode(data)
+        assert same_mod_wrap(chunk.events, ev, ("t", "x", "y", "p")), i
+        assert same_mod_wrap(chunk.triggers, tr, ("t", "channel", "value")), i
+
+
+def _resync_word(words: np.ndarray) -> int | None:
+    """Index after which every register a CD event needs (time high, row, vector base when
+    vectors follow) has been set by this packet's own words; None if never."""
+    ty = words >> 12
+    firsts = []
+    for t in (TIME_HIGH, ADDR_Y):
+        hits = np.flatnonzero(ty == t)
+        if not hits.size:
+            return None
+        firsts.append(int(hits[0]))
+    vectors = np.flatnonzero((ty == 0x4) | (ty == 0x5))
+    if vectors.size:
+        bases = np.flatnonzero(ty == VECT_BASE_X)
+        if not bases.size:
+            return None
+        firsts.append(int(bases[0]))
+    return max(firsts) + 1
+
+
+def test_real_stream_resyncs_after_a_damaged_packet(real_packets):
+    """Damage packet k of the real recording: packet k + 1 decodes to the intact stream's
+    events from the point where its own words have set time and row again."""
+    rng = np.random.default_rng(6)
+    reference = Evt3Decoder(*REAL_SIZE)
+    ref_chunks = [reference.decode(p) for p in real_packets]
+    checked = 0
+    for _ in range(300):
+        k = int(rng.integers(0, len(real_packets) - 1))
+        nxt = real_packets[k + 1]
+        cut = _resync_word(np.frombuffer(nxt, "<u2"))
+        if cut is None:
+            continue
+        decoder = Evt3Decoder(*REAL_SIZE)
+        for p in real_packets[:k]:
+            decoder.decode(p)
+        prefix = Evt3Decoder(*REAL_SIZE)  # events the intact stream gets before the resync word
+        for p in real_packets[:k + 1]:
+            prefix.decode(p)
+        n_before = prefix.decode(nxt[:2 * cut]).events.size
+        damaged, _ = mutate(rng, real_packets[k], *REAL_SIZE)
+        decoder.decode(damaged)
+        decoder.finish()  # a damaged packet's odd byte is not carried (the assembler drops it)
+        got = decoder.decode(nxt).events
+        want = ref_chunks[k + 1].events[n_before:]
+        assert got.size >= want.size
+        assert same_mod_wrap(got[got.size - want.size:], want, ("t", "x", "y", "p"))
+        checked += 1
+    assert checked > 100
+
+
+# ----------------------------------------------------------------------------- (b) assembler
+
+class StreamModel:
+    """What the assembler must count for a sequence of event packets (the test's own model)."""
+
+    def __init__(self):
+        self.last_seq = None
+        self.lost = 0
+        self.restarts = 0
+
+    def seq(self, seq: int) -> None:
+        if self.last_seq is not None:
+            if seq > self.last_seq + 1:
+                self.lost += seq - self.last_seq - 1
+            elif seq <= self.last_seq:
+                self.restarts += 1
+        self.last_seq = seq
+
+
+def fuzz_messages(rng, real, synthetic, n: int, base_ns: int = 1_700_000_000_000_000_000):
+    """n event-packet messages as (stamp, width, height, encoding, data, seq, big, kind): the
+    packet stream of packet_stream with transport faults on top (seq gaps and restarts, stamps
+    jumping back as a looping bag does, wrong sizes and encodings, big-endian flags), and now
+    and then garbage followed by a clean self-contained packet (kind 'after_garbage')."""
+    stream = packet_stream(rng, real, synthetic, n)
+    stamp, seq, out = base_ns, 0, []
+    for i, (packet, kind, _) in enumerate(stream):
+        stamp += int(rng.integers(200_000, 2_000_000))
+        seq += 1
+        r = rng.random()
+        if r < 0.002:
+            stamp -= int(rng.integers(200_000_000, 3_000_000_000))  # bag loop
+        elif r < 0.004:
+            seq += int(rng.integers(1, 20))  # lost packets
+        elif r < 0.005:
+            seq = int(rng.integers(0, seq))  # publisher restarted
+        width, height, encoding, big = *REAL_SIZE, "evt3", False
+        r = rng.random()
+        if r < 0.01:
+            width, height = SMALL
+        elif r < 0.015:
+            encoding = str(rng.choice(["evt2", "EVT2.1", "mono8", "", "evt3\x00"]))
+        elif r < 0.018:
+            big = True
+        elif r < 0.02:
+            width = 0
+        if i % 250 == 249:
+            data, ev, _ = clean_packet(rng, *REAL_SIZE, t0=int(rng.integers(0, WRAP - 4000)))
+            out.append((stamp, *REAL_SIZE, "evt3", data, seq, False, "after_garbage", ev.size))
+            continue
+        out.append((stamp, width, height, encoding, packet, seq, big, kind, None))
+    return out
+
+
+def test_assembler_survives_1e5_mutated_packets_and_counts_everything(real_packets,
+                                                                       synthetic_packets):
+    rng = np.random.default_rng(7)
+    messages = fuzz_messages(rng, real_packets, synthetic_packets, N_PACKETS)
+    asm = JobAssembler(AssemblerConfig(max_events=300_000))
+    model = StreamModel()
+    worst, accepted, rejected, odd_faults = 0.0, 0, 0, 0
+    for i, (stamp, width, height, encoding, data, seq, big, kind, n_clean) in enumerate(messages):
+        model.seq(seq)
+        before = asm.counts()
+        start = time.perf_counter()
+        ok = asm.add_event_packet(stamp, width, height, encoding, np.frombuffer(data, np.uint8),
+                                  seq=seq, is_bigendian=big)
+        worst = max(worst, time.perf_counter() - start)
+        after = asm.counts()
+        if ok:
+            accepted += 1
+            if len(data) % 2:  # an odd byte is a fault of its own, and is not carried over
+                odd_faults += 1
+                assert after["decode_faults"] > before["decode_faults"]
+            if kind == "after_garbage":  # the valid events around faults are still used
+                assert after["events"] - before["events"] == n_clean, i
+        else:  # rejected (counted) or stale from before a clock jump (counted)
+            rejected += 1
+            assert after["events"] == before["events"]
+            assert (after["packets_rejected"] - before["packets_rejected"]) + \
+                (after["stale_messages"] - before["stale_messages"]) == 1
+        if i % 100 == 0:
+            asm.pop_jobs()
+        if i % 1000 == 0:  # bad frames and lens readings between the packets
+            feed_bad_frame_and_focus(asm, rng, stamp)
+        assert after["events_buffered"] <= 300_000
+    assert worst < HANG_S
+    stats = asm.stats()
+    assert stats["packets"] == accepted and accepted + rejected == N_PACKETS
+    assert stats["packets_lost"] == model.lost and stats["seq_restarts"] == model.restarts
+    assert stats["clock_resets"] > 50 and stats["contract_violations"] > 0
+    assert stats["decode_faults"] > N_PACKETS // 10 + odd_faults // 2
+    assert stats["events"] > 10_000_000
+    asm.flush()
+
+
+def feed_bad_frame_and_focus(asm: JobAssembler, rng, stamp: int) -> None:
+    w, h = REAL_SIZE if rng.random() < 0.5 else SMALL
+    encoding = str(rng.choice(["rgb8", "bgr8", "mono8", "yuv422", "32FC1"]))
+    step = w * int(rng.integers(0, 5))
+    data = rng.integers(0, 256, int(rng.integers(0, 3 * w * h + 10)), dtype=np.uint8)
+    assert asm.add_frame_message(stamp, w, h, encoding, step, data) in (True, False)
+    for value in (float("nan"), float("inf"), -1e30, float(rng.normal())):
+        assert asm.add_focus(stamp, value) in (True, False)
