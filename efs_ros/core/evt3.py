@@ -260,9 +260,10 @@ class Evt3Decoder:
 
     def _decode_compiled(self, buf, n_words: int, strict: bool) -> DecodedChunk:
         words = np.frombuffer(buf, dtype="<u2", count=n_words)
-        if not words.flags.aligned:  # a view at an odd offset: one specialisation of the kernel
-            words = words.copy()
-        words.flags.writeable = False
+        if type(buf) is not bytes:  # (bytes: read-only and aligned) one specialisation of the kernel
+            if not words.flags.aligned:  # a view at an odd offset
+                words = words.copy()
+            words.flags.writeable = False
         block_words = BLOCK_WORDS
         if n_words <= block_words + block_words // 2:  # one block
             fault_records = self._fault_records
