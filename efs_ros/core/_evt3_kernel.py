@@ -107,6 +107,14 @@ for _ty, _lane in ((0x6, L_LOW), (0x0, L_Y), (0x8, L_HIGH), (0x3, L_BASE)):
     _LANE_SHIFT[_ty] = _lane
     _LANE_BITS[_ty] = 0xFFF
 _LANE_KEEP[0x8] &= ~(0xFFF << L_LOW)
+# Without vector words (no VECT_BASE_X lane) the lanes are whole 16-bit words: no masking.
+P_LOW, P_Y, P_HIGH, P_WORD = 0, 16, 32, 48
+_PLAIN_KEEP = np.full(16, (1 << P_WORD) - 1, np.int64)
+_PLAIN_SHIFT = np.full(16, P_WORD, np.int64)
+for _ty, _lane in ((0x6, P_LOW), (0x0, P_Y), (0x8, P_HIGH)):
+    _PLAIN_KEEP[_ty] = ~(0xFFFF << _lane)
+    _PLAIN_SHIFT[_ty] = _lane
+_PLAIN_KEEP[0x8] &= ~(0xFFFF << P_LOW)
 _IS_EVENT_WORD = np.zeros(16, np.int64)
 _IS_EVENT_WORD[[0x2, 0x4, 0x5]] = 1
 _INCREMENT_KEEP = np.full(16, -1, np.int64)
@@ -391,7 +399,11 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
     path's checks (time going backwards, outside the sensor, vector before any VECT_BASE_X)."""
     y, high, time, base_x = st[S_Y], st[S_HIGH], st[S_TIME], st[S_BASE_X]
     time_base = st[S_EPOCH] << 24
-    context = ((time & 0xFFF) << L_LOW) | (y << L_Y) | (high << L_HIGH) | (st[S_VEC_P] << (L_BASE + 11))
+    if with_vectors:
+        context = (((time & 0xFFF) << L_LOW) | (y << L_Y) | (high << L_HIGH)
+                   | (st[S_VEC_P] << (L_BASE + 11)))
+    else:
+        context = ((time & 0xFFF) << P_LOW) | (y << P_Y) | (high << P_HIGH)
     increment = base_x  # base x = BASE lane's x + increment; the lane starts at 0
     n_words = 0
     # ---- pass 1: the context of each event word ----
@@ -409,7 +421,7 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
         for i in range(sub_words.size):
             w = np.int64(sub_words[i])
             ty = w >> 12
-            context = (context & _LANE_KEEP[ty]) | ((w & _LANE_BITS[ty]) << _LANE_SHIFT[ty])
+            context = (context & _PLAIN_KEEP[ty]) | (w << _PLAIN_SHIFT[ty])
             contexts[np.uint64(n_words)] = context
             n_words += _IS_EVENT_WORD[ty]
 
@@ -465,9 +477,9 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
         at = n_events * EVENT_BYTES
         for j in range(n_words):
             c = contexts[j]
-            w = (c >> L_WORD) & 0xFFFF
-            t = time_base | (((c >> L_HIGH) & 0xFFF) << 12) | ((c >> L_LOW) & 0xFFF)
-            yw = (c >> L_Y) & 0x7FF
+            w = (c >> P_WORD) & 0xFFFF
+            t = time_base | (((c >> P_HIGH) & 0xFFF) << 12) | ((c >> P_LOW) & 0xFFF)
+            yw = (c >> P_Y) & 0x7FF
             x = w & 0x7FF
             bad |= (t - last_t) | (x_last_ok - x) | (y_last_ok - yw)
             last_t = t
@@ -477,11 +489,16 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
         n_events += n_words
     if bad < 0:
         return False
-    st[S_Y] = (context >> L_Y) & 0x7FF
-    st[S_HIGH] = (context >> L_HIGH) & 0xFFF
-    st[S_TIME] = time_base | (st[S_HIGH] << 12) | ((context >> L_LOW) & 0xFFF)
-    st[S_BASE_X] = ((context >> L_BASE) & 0x7FF) + increment
-    st[S_VEC_P] = (context >> (L_BASE + 11)) & 1
+    if with_vectors:
+        st[S_Y] = (context >> L_Y) & 0x7FF
+        st[S_HIGH] = (context >> L_HIGH) & 0xFFF
+        st[S_TIME] = time_base | (st[S_HIGH] << 12) | ((context >> L_LOW) & 0xFFF)
+        st[S_BASE_X] = ((context >> L_BASE) & 0x7FF) + increment
+        st[S_VEC_P] = (context >> (L_BASE + 11)) & 1
+    else:
+        st[S_Y] = (context >> P_Y) & 0x7FF
+        st[S_HIGH] = (context >> P_HIGH) & 0xFFF
+        st[S_TIME] = time_base | (st[S_HIGH] << 12) | ((context >> P_LOW) & 0xFFF)
     st[S_LAST_T] = last_t
     st[S_EVENTS] = n_events
     return True
