@@ -418,8 +418,22 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
             increment = (increment & _INCREMENT_KEEP[ty]) + _INCREMENT[ty]
             n_words += _IS_EVENT_WORD[ty]
     else:
-        for i in range(sub_words.size):
-            w = np.int64(sub_words[i])
+        # two words per step: the second context comes from the first one's inputs, not from
+        # the first context, so the loop-carried chain is two operations per two words
+        half = sub_words.size >> 1
+        for h in range(half):
+            w1 = np.int64(sub_words[2 * h])
+            w2 = np.int64(sub_words[2 * h + 1])
+            keep1 = _PLAIN_KEEP[w1 >> 12]
+            keep2 = _PLAIN_KEEP[w2 >> 12]
+            put1 = w1 << _PLAIN_SHIFT[w1 >> 12]
+            contexts[np.uint64(n_words)] = (context & keep1) | put1
+            n_words += _IS_EVENT_WORD[w1 >> 12]
+            context = (context & (keep1 & keep2)) | ((put1 & keep2) | (w2 << _PLAIN_SHIFT[w2 >> 12]))
+            contexts[np.uint64(n_words)] = context
+            n_words += _IS_EVENT_WORD[w2 >> 12]
+        if sub_words.size & 1:
+            w = np.int64(sub_words[sub_words.size - 1])
             ty = w >> 12
             context = (context & _PLAIN_KEEP[ty]) | (w << _PLAIN_SHIFT[ty])
             contexts[np.uint64(n_words)] = context
