@@ -140,11 +140,11 @@ class TrainConfig:
     record_size: int = 128
     targets: int = 12
     crop: tuple[int, int] = (64, 96)
-    refocus_steps: int = 2400
+    refocus_steps: int = 3600
     refocus_batch: int = 8
-    merge_steps: int = 1000
+    merge_steps: int = 800
     merge_batch: int = 4
-    merge_samples: int = 480
+    merge_samples: int = 256
     merge_slices: tuple[int, int] = (8, 16)
     lr: float = 1e-3
     lr_final: float = 5e-5
