@@ -489,16 +489,16 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
             n_events += count
     else:
         at = n_events * EVENT_BYTES
+        y_field_last_ok = y_last_ok << 16
         for j in range(n_words):
             c = contexts[j]
-            w = (c >> P_WORD) & 0xFFFF
-            t = time_base | (((c >> P_HIGH) & 0xFFF) << 12) | ((c >> P_LOW) & 0xFFF)
-            yw = (c >> P_Y) & 0x7FF
-            x = w & 0x7FF
-            bad |= (t - last_t) | (x_last_ok - x) | (y_last_ok - yw)
+            t = time_base | ((c >> (P_HIGH - 12)) & 0xFFF000) | ((c >> P_LOW) & 0xFFF)
+            x = (c >> P_WORD) & 0x7FF
+            y_field = c & (0x7FF << P_Y)  # y where the event bytes 8..15 want it (P_Y = 16)
+            bad |= (t - last_t) | (x_last_ok - x) | (y_field_last_ok - y_field)
             last_t = t
             _store_8_bytes(events, at, t)
-            _store_8_bytes(events, at + 8, x | (yw << 16) | ((((w >> 10) & 2) - 1) & 0xFF) << 32)
+            _store_8_bytes(events, at + 8, x | y_field | ((((c >> (P_WORD + 10)) & 2) - 1) & 0xFF) << 32)
             at += EVENT_BYTES
         n_events += n_words
     if bad < 0:
