@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -373,11 +371,13 @@ class StreamModel:
         self.last_seq = seq
 
 
-def fuzz_messages(rng, real, synthetic, n: int, base_ns: int = 1_700_000_000_000_000_000):
-    """n event-packet messages as (stamp, width, height, encoding, data, seq, big, kind): the
-    packet stream of packet_stream with transport faults on top (seq gaps and restarts, stamps
-    jumping back as a looping bag does, wrong sizes and encodings, big-endian flags), and now
-    and then garbage followed by a clean self-contained packet (kind 'after_garbage')."""
+def fuzz_messages(rng, real, synthetic, n: int, base_ns: int = 1_700_000_000_000_000_000,
+                  seq_faults: bool = True):
+    """n event-packet messages as (stamp, width, height, encoding, data, seq, big, kind,
+    events of a clean packet): the packet stream of packet_stream with transport faults on top
+    (stamps jumping back as a looping bag does, wrong sizes and encodings, big-endian flags,
+    with seq_faults seq gaps and restarts), and now and then garbage followed by a clean
+    self-contained packet (kind 'after_garbage')."""
     stream = packet_stream(rng, real, synthetic, n)
     stamp, seq, out = base_ns, 0, []
     for i, (packet, kind, _) in enumerate(stream):
@@ -386,16 +386,16 @@ def fuzz_messages(rng, real, synthetic, n: int, base_ns: int = 1_700_000_000_000
         r = rng.random()
         if r < 0.002:
             stamp -= int(rng.integers(200_000_000, 3_000_000_000))  # bag loop
-        elif r < 0.004:
+        elif r < 0.004 and seq_faults:
             seq += int(rng.integers(1, 20))  # lost packets
-        elif r < 0.005:
+        elif r < 0.005 and seq_faults:
             seq = int(rng.integers(0, seq))  # publisher restarted
         width, height, encoding, big = *REAL_SIZE, "evt3", False
         r = rng.random()
         if r < 0.01:
             width, height = SMALL
         elif r < 0.015:
-            encoding = str(rng.choice(["evt2", "EVT2.1", "mono8", "", "evt3\x00"]))
+            encoding = str(rng.choice(["evt2", "EVT2.1", "mono8", "", "evt3 "]))
         elif r < 0.018:
             big = True
         elif r < 0.02:
@@ -458,3 +458,483 @@ def feed_bad_frame_and_focus(asm: JobAssembler, rng, stamp: int) -> None:
     assert asm.add_frame_message(stamp, w, h, encoding, step, data) in (True, False)
     for value in (float("nan"), float("inf"), -1e30, float(rng.normal())):
         assert asm.add_focus(stamp, value) in (True, False)
+
+
+# ----------------------------------------------------------------------------- node: no evidence
+
+def sim_recording(seed: int, width: int, height: int, n_sweeps: int = 3):
+    from efs_ros.sim.rig import RigConfig, simulate_recording
+    from efs_ros.sim.sensor import SensorConfig
+
+    rig = RigConfig(height=height, width=width, steps=60, dwell_s=0.02)
+    return simulate_recording(rig, SensorConfig(shot_hz=0.1), np.random.default_rng(seed),
+                              n_sweeps=n_sweeps, frame_rate_hz=30.0, with_triggers=False)
+
+
+def rewrite(src, dst, change, drop_topics=()):
+    """Copy a bag message by message through change(topic, msg) -> msg."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    from efs_ros.io.typestore import typestore
+
+    store = typestore()
+    with Reader(src) as reader, Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as out:
+        conns = {c.id: out.add_connection(c.topic, c.msgtype, typestore=store)
+                 for c in reader.connections if c.topic not in drop_topics}
+        for conn, t, raw in reader.messages():
+            if conn.id in conns:
+                msg = change(conn.topic, store.deserialize_cdr(raw, conn.msgtype))
+                out.write(conns[conn.id], t, store.serialize_cdr(msg, conn.msgtype))
+
+
+def jobs_of(bag) -> tuple[list, JobAssembler]:
+    """The jobs `make eval` (and the node) form from a bag, and the assembler that formed them."""
+    from efs_ros.io.recording import read_recording
+    from efs_ros.tools.eval import feed
+
+    asm, jobs = JobAssembler(), []
+    for topic, msg, _ in read_recording(bag):
+        if topic in ("/event_camera/events", "/camera/image_raw", "/lens/focus_state"):
+            feed(asm, topic, msg)
+            jobs += asm.pop_jobs()
+    return jobs + asm.flush(), asm
+
+
+@pytest.fixture(scope="module")
+def no_evidence_bags(tmp_path_factory):
+    """A clean 96x72 recording (three sweeps) and three damaged copies: the middle sweep's
+    frames saturated, the middle sweep's event packets emptied, and no lens topic at all."""
+    from efs_ros.io.recording import write_recording
+
+    root = tmp_path_factory.mktemp("no_evidence")
+    clean = root / "clean"
+    write_recording(clean, sim_recording(7, 96, 72), storage="mcap", use_triggers=False,
+                    focus_rate_hz=250, seed=3)
+    jobs, _ = jobs_of(clean)
+    sweeps = sorted({j.meta["sweep_index"] for j in jobs})
+    middle = [j for j in jobs if j.meta["sweep_index"] == sweeps[len(sweeps) // 2]]
+    lo = middle[0].meta["sweep_start_ns"] - 10_000_000
+    hi = middle[0].meta["sweep_end_ns"] + 10_000_000
+    middle_stamps = {j.stamp_ns for j in middle}
+
+    def saturate(topic, msg):
+        if topic == "/camera/image_raw" and msg.header.stamp.sec * 10**9 + \
+                msg.header.stamp.nanosec in middle_stamps:
+            msg.data = np.minimum(msg.data.astype(np.int32) * 8 + 100, 255).astype(np.uint8)
+        return msg
+
+    def no_events(topic, msg):
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        if topic == "/event_camera/events" and lo <= stamp <= hi:
+            msg.events = np.zeros(0, np.uint8)
+        return msg
+
+    bags = {"clean": clean}
+    for name, change, drop in (("saturated", saturate, ()), ("no_events", no_events, ()),
+                               ("no_lens", lambda t, m: m, ("/lens/focus_state",))):
+        bags[name] = root / name
+        rewrite(clean, bags[name], change, drop)
+    return bags, {j.stamp_ns for j in jobs}, middle_stamps
+
+
+def test_frames_without_evidence_give_no_image_and_a_counted_reason(no_evidence_bags):
+    """In the core (as `make eval` and the node use it): exactly the middle sweep's frames are
+    skipped, each with its reason, and every other job is still made."""
+    bags, all_stamps, middle = no_evidence_bags
+    for name, code in (("saturated", "saturated"), ("no_events", "no_events")):
+        jobs, asm = jobs_of(bags[name])
+        assert {j.stamp_ns for j in jobs} == all_stamps - middle, name
+        assert asm.skipped_by_reason == {code: len(middle)}, (name, asm.skipped_by_reason)
+        assert asm.stats()["jobs_skipped"] == len(middle)
+    jobs, asm = jobs_of(bags["no_lens"])
+    assert jobs == [] and asm.stats()["frames_without_sweep"] > 0
+
+
+def test_a_slow_camera_after_a_bag_loop_is_not_taken_for_stale(no_evidence_bags):
+    """A looping bag jumps the clock back (reset). A camera whose first frame of the new pass
+    comes 200 ms after the jump is on the new timeline, not a late message from the old one:
+    its frames make jobs again."""
+    from efs_ros.io.recording import read_recording
+    from efs_ros.tools.eval import feed
+
+    bags, all_stamps, _ = no_evidence_bags
+    inputs = ("/event_camera/events", "/camera/image_raw", "/lens/focus_state")
+    messages = [(t, m) for t, m, _ in read_recording(bags["clean"]) if t in inputs]
+    start = min(m.stamp_ns for _, m in messages)
+    asm = JobAssembler()
+    for topic, msg in messages:
+        feed(asm, topic, msg)
+        asm.pop_jobs()
+    late_camera = start + 200_000_000
+    second = []
+    for topic, msg in messages:
+        if topic == "/camera/image_raw" and msg.stamp_ns < late_camera:
+            continue
+        feed(asm, topic, msg)
+        second += asm.pop_jobs()
+    second += asm.flush()
+    assert asm.stats()["clock_resets"] == 1 and asm.stats()["stale_messages"] == 0
+    assert {j.stamp_ns for j in second} == {s for s in all_stamps if s >= late_camera}
+
+
+def test_live_node_reports_missing_lens_saturation_and_empty_sweeps(no_evidence_bags,
+                                                                     tmp_path):
+    """Over DDS, one node process, the damaged bags replayed one after the other (each replay
+    jumps the clock back, which resets the node): no lens -> no output and a WARN that says
+    why; saturated frames and an empty sweep -> no image for those frames, a counted reason,
+    and every other job published."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from test_sim_rig import Listener, NodeProcess, diagnostics_item
+
+    from efs_ros.nodes.convert import stamp_to_ns
+    from efs_ros.tools.replay import Replayer
+
+    bags, all_stamps, middle = no_evidence_bags
+    node = NodeProcess("efs_ros.nodes.all_in_focus", {
+        "backend": "classical", "reliable_inputs": True, "max_pending_jobs": 50,
+        "idle_flush_s": 1.0, "input_timeout_s": 1.0}, log_dir=tmp_path)
+    listener = Listener("efs_fuzz_replayer")
+    listener.listen(Image, "/efs/all_in_focus", lambda m: (stamp_to_ns(m.header.stamp),), None)
+    listener.listen(DiagnosticArray, "/diagnostics", diagnostics_item, None)
+    listener.start()
+    try:
+        assert listener.wait_until(lambda: node_status(listener), 30), node.log()
+
+        def replay(name: str) -> None:
+            replayer = Replayer(listener.node, bags[name], rate=2.0)
+            try:
+                assert replayer.wait_for_subscribers(1, 20, ["/event_camera/events",
+                                                             "/camera/image_raw"]), node.log()
+                time.sleep(0.3)
+                replayer.run()
+            finally:
+                replayer.close()
+
+        # no lens at all: the frames wait for a sweep, nothing is published, diagnostics say why
+        replay("no_lens")
+        assert listener.wait_until(
+            lambda: "no lens focus state" in node_status(listener).get("message", ""), 10), \
+            node_status(listener)
+        assert listener.wait_until(
+            lambda: counter(node_status(listener), "frames_without_sweep") > 0, 10)
+        assert listener.items("/efs/all_in_focus") == []
+
+        for name, code, text in (("saturated", "saturated", "frame saturated"),
+                                 ("no_events", "no_events", "events in its sweep")):
+            done = len(listener.items("/efs/all_in_focus"))
+            replay(name)
+
+            def published(done=done):
+                return {s for s, _ in listener.items("/efs/all_in_focus")[done:]}
+            assert listener.wait_until(lambda: published() >= all_stamps - middle, 30), \
+                (name, node_status(listener), node.log())
+            assert listener.wait_until(
+                lambda c=code: f"{c} {len(middle)}" in node_status(listener).get(
+                    "jobs_skipped_by_reason", ""), 10), node_status(listener)
+            time.sleep(1.5)  # an image for a skipped frame would be a bug: give it time to show
+            assert published() == all_stamps - middle, name
+            warned = [st for _, statuses, _ in listener.items("/diagnostics")
+                      for key, st in statuses.items() if key == NODE_STATUS
+                      and "skipped" in st["message"] and text in st["message"]]
+            assert warned and all(int(st["level"]) >= 1 for st in warned), \
+                [st["message"] for _, sts, _ in listener.items("/diagnostics")
+                 for key, st in sts.items() if key == NODE_STATUS]
+        assert node.proc.poll() is None
+    finally:
+        listener.close()
+        node.stop()
+
+
+# ----------------------------------------------------------------------------- (c) live node
+
+NODE_STATUS = "all_in_focus: pipeline"
+NODE_BUFFER = 300_000
+DDS_BUDGET_S = 25.0
+"""Fuzz packets go out until this much time has passed (the node then drains its queue)."""
+DDS_BACKLOG = 6_000
+"""Packets published but not yet counted by the node, at most (the queue holds 100 000)."""
+
+
+def small_packets(packets: list[bytes], rng, lo: int = 8, hi: int = 256) -> list[bytes]:
+    """A stream re-cut into small packets (word boundaries), as a fast sensor's driver might."""
+    data = b"".join(packets)
+    cuts = np.cumsum(rng.integers(lo // 2, hi // 2, len(data) // lo)) * 2
+    cuts = cuts[cuts < len(data)]
+    return [data[a:b] for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(data)], strict=True)]
+
+
+def replica_feed(asm: JobAssembler, message) -> None:
+    stamp, width, height, encoding, data, seq, big, *_ = message
+    asm.add_event_packet(stamp, width, height, encoding, np.frombuffer(data, np.uint8), seq=seq,
+                         is_bigendian=big)
+
+
+@pytest.fixture(scope="module")
+def fuzz_node(tmp_path_factory):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from test_sim_rig import Listener, NodeProcess, diagnostics_item
+
+    node = NodeProcess("efs_ros.nodes.all_in_focus", {
+        "backend": "classical", "reliable_inputs": True, "events_queue_depth": 100_000,
+        "max_buffered_events": NODE_BUFFER, "idle_flush_s": 0.0},
+        log_dir=tmp_path_factory.mktemp("fuzz_node"))
+    listener = Listener("efs_fuzz_publisher")
+    listener.listen(DiagnosticArray, "/diagnostics", diagnostics_item, None)
+    listener.start()
+    yield node, listener
+    listener.close()
+    node.stop()
+
+
+def node_status(listener) -> dict:
+    from test_sim_rig import latest_status
+
+    return latest_status(listener, NODE_STATUS) or {}
+
+
+def counter(status: dict, key: str) -> int:
+    return int(status.get(key, -1))
+
+
+def test_live_node_counts_every_fuzzed_packet_over_dds(fuzz_node, real_packets,
+                                                       synthetic_packets):
+    """Small mutated packets over reliable DDS into the node process: none crashes it, every
+    packet is counted (received + lost == sent), and its counters equal those of a JobAssembler
+    fed the same packets here: every fault counted, the valid events decoded and buffered."""
+    from event_camera_msgs.msg import EventPacket
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    from efs_ros.nodes.convert import make_event_packet
+
+    node, listener = fuzz_node
+    rng = np.random.default_rng(8)
+    real, synthetic = small_packets(real_packets, rng), small_packets(synthetic_packets, rng)
+    messages = fuzz_messages(rng, real, synthetic, N_PACKETS, seq_faults=False)
+    publisher = listener.node.create_publisher(EventPacket, "/event_camera/events", QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=100_000, reliability=ReliabilityPolicy.RELIABLE))
+    assert listener.wait_until(lambda: publisher.get_subscription_count() >= 1
+                               and node_status(listener), 30), node.log()
+    replica = JobAssembler(AssemblerConfig(max_events=NODE_BUFFER))
+    sent = []
+
+    def send(message):
+        stamp, width, height, encoding, data, seq, big, *_ = message
+        msg = make_event_packet(stamp, data, width, height, seq, encoding=encoding)
+        msg.is_bigendian = big
+        publisher.publish(msg)
+        sent.append(message)
+
+    # handshake: the same clean packet (seq 0) until the node has one; repeats count as restarts
+    first_stamp = messages[0][0] - 1_000_000_000
+    hello = (first_stamp, *REAL_SIZE, "evt3", clean_packet(rng, *REAL_SIZE, 0)[0], 0, False)
+    while counter(node_status(listener), "events_received") < 1:
+        assert node.proc.poll() is None and len(sent) < 100, node.log()
+        send(hello)
+        time.sleep(0.2)
+
+    start = time.monotonic()
+    n_fuzz = 0
+    for begin in range(0, N_PACKETS, 1000):
+        for message in messages[begin:begin + 1000]:
+            send(message)
+        n_fuzz = begin + 1000
+        while len(sent) - counter(node_status(listener), "events_received") > DDS_BACKLOG:
+            assert node.proc.poll() is None, node.log()
+            time.sleep(0.1)
+        if time.monotonic() - start > DDS_BUDGET_S:
+            break
+    n_fuzz = min(n_fuzz, N_PACKETS)
+    publish_s = time.monotonic() - start
+
+    # a clean packet at the end, repeated with the next seq until the node has counted it
+    last_stamp = max(m[0] for m in messages[:n_fuzz])
+    tail_seq = messages[n_fuzz - 1][5]
+
+    def all_counted():
+        st = node_status(listener)
+        return counter(st, "events_received") + counter(st, "packets_lost") == len(sent)
+
+    for k in range(1, 300):
+        data, _, _ = clean_packet(rng, *REAL_SIZE, t0=int(rng.integers(0, WRAP - 4000)))
+        send((last_stamp + k * 1_000_000, *REAL_SIZE, "evt3", data, tail_seq + k, False))
+        if listener.wait_until(all_counted, 1.0, step=0.05):
+            break
+        assert node.proc.poll() is None, node.log()
+    drain_s = time.monotonic() - start - publish_s
+    assert all_counted(), (len(sent), node_status(listener))
+    time.sleep(1.2)  # one more /diagnostics with everything in it
+    status = node_status(listener)
+    print(f"\nDDS fuzz: {n_fuzz} fuzz packets + {len(sent) - n_fuzz} handshake/tail, published "
+          f"in {publish_s:.1f} s, drained {drain_s:.1f} s later; node: {status.get('message')}")
+    for message in sent:  # here, not while publishing: the node needs the CPU then
+        replica_feed(replica, message)
+    expected = replica.counts()
+    assert counter(status, "packets_lost") == 0  # reliable transport, queue never full
+    assert counter(status, "events_received") == len(sent)
+    for node_key, key in (("packets_accepted", "packets"), ("packets_rejected", "packets_rejected"),
+                          ("stale_messages", "stale_messages"), ("decode_faults", "decode_faults"),
+                          ("events_decoded", "events"), ("clock_resets", "clock_resets"),
+                          ("seq_restarts", "seq_restarts")):
+        assert counter(status, node_key) == expected[key], (node_key, status, expected)
+    assert expected["decode_faults"] > n_fuzz // 20 and expected["clock_resets"] > 10
+    assert counter(status, "buffer_events") <= NODE_BUFFER
+    assert int(status["level"]) >= 1 and node.proc.poll() is None
+    assert n_fuzz >= 2_000
+
+
+def test_live_node_counts_bad_frames_and_lens_states(fuzz_node):
+    from sensor_msgs.msg import Image, JointState
+
+    from efs_ros.nodes.convert import make_focus_state, numpy_to_image_msg
+
+    node, listener = fuzz_node
+    assert listener.wait_until(lambda: counter(node_status(listener), "events_received") > 0, 60)
+    frames = listener.node.create_publisher(Image, "/camera/image_raw", reliable_qos())
+    focus = listener.node.create_publisher(JointState, "/lens/focus_state", reliable_qos())
+    assert listener.wait_until(lambda: frames.get_subscription_count() >= 1
+                               and focus.get_subscription_count() >= 1, 20)
+    time.sleep(1.5)
+    before = node_status(listener)
+    stamp = 1_800_000_000_000_000_000
+    rng = np.random.default_rng(9)
+    n_frames = n_focus = 0
+    for k in range(30):
+        if k % 3 == 0:  # the sensor is 1280x720
+            msg = numpy_to_image_msg(rng.integers(0, 256, (72, 96, 3), np.uint8), "rgb8",
+                                     stamp_ns=stamp + k)
+        elif k % 3 == 1:
+            msg = numpy_to_image_msg(np.zeros((72, 96), np.uint8), "mono8", stamp_ns=stamp + k)
+            msg.encoding = "yuv422"
+        else:  # data shorter than height x step
+            msg = numpy_to_image_msg(np.zeros((720, 1280), np.uint8), "mono8", stamp_ns=stamp + k)
+            msg.data = msg.data[:1000]
+        frames.publish(msg)
+        n_frames += 1
+        bad = make_focus_state(stamp + k, (float("nan"), float("inf"), 1.0)[k % 3], 0.0)
+        if k % 3 == 2:
+            bad.name = ["zoom", "iris"]
+        focus.publish(bad)
+        n_focus += 1
+
+    def counted():
+        st = node_status(listener)
+        return counter(st, "frames_rejected") - counter(before, "frames_rejected") == n_frames \
+            and counter(st, "focus_rejected") - counter(before, "focus_rejected") == n_focus
+    assert listener.wait_until(counted, 15), (before, node_status(listener))
+    assert counter(node_status(listener), "frames_received") - \
+        counter(before, "frames_received") == n_frames
+    assert node.proc.poll() is None
+
+
+def reliable_qos(depth: int = 1000):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+
+# ----------------------------------------------------------------------------- eval: corrupt bags
+
+ERROR_PREFIX = "efs_eval: error: "
+
+
+def _garbage_pages(db, rng) -> None:
+    """8 kB of random bytes over the file at 70 %: damaged pages in the message table."""
+    data = bytearray(db.read_bytes())
+    at = int(len(data) * 0.7)
+    data[at:at + 8192] = rng.integers(0, 256, 8192, dtype=np.uint8).tobytes()
+    db.write_bytes(bytes(data))
+
+
+def _garbage_message(db, rng) -> None:
+    """One frame's CDR bytes replaced by random ones (the file itself intact)."""
+    con = sqlite3.connect(db)
+    con.execute("UPDATE messages SET data = ? WHERE id = (SELECT m.id FROM messages m JOIN topics "
+                "t ON m.topic_id = t.id WHERE t.name = '/camera/image_raw' ORDER BY m.timestamp "
+                "LIMIT 1 OFFSET 9)", (rng.integers(0, 256, 300, dtype=np.uint8).tobytes(),))
+    con.commit()
+    con.close()
+
+
+def _garbage_index(db, rng) -> None:
+    """The timestamp index's root page overwritten: rosbags cannot open the bag, the messages
+    themselves are intact (read in storage order)."""
+    con = sqlite3.connect(db)
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'timestamp_idx'").fetchone()
+    page = con.execute("PRAGMA page_size").fetchone()[0]
+    con.close()
+    data = bytearray(db.read_bytes())
+    data[(root[0] - 1) * page:root[0] * page] = rng.integers(0, 256, page, dtype=np.uint8).tobytes()
+    db.write_bytes(bytes(data))
+
+
+def _cut(db, rng) -> None:
+    db.write_bytes(db.read_bytes()[: int(db.stat().st_size * 0.6)])
+
+
+def _not_a_database(db, rng) -> None:
+    db.write_bytes(rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def sqlite_bag(tmp_path_factory):
+    from efs_ros.io.recording import write_recording
+
+    path = tmp_path_factory.mktemp("eval_sqlite") / "bag"
+    write_recording(path, sim_recording(2, 64, 48), storage="sqlite3", use_triggers=False,
+                    seed=4)
+    out = path.parent / "out_clean"
+    from efs_ros.tools import eval as efs_eval
+
+    assert efs_eval.main([str(path), str(out), "--no-progress"]) == 0
+    return path, out
+
+
+def salvageable_job_stamps(bag) -> list[int]:
+    """What the readable part of a bag gives: the jobs before the fault (the reference)."""
+    from efs_ros.io.recording import RecordingError, read_recording
+    from efs_ros.tools.eval import feed
+
+    asm, stamps = JobAssembler(), []
+    try:
+        for topic, msg, _ in read_recording(bag):
+            if topic in ("/event_camera/events", "/camera/image_raw", "/lens/focus_state"):
+                feed(asm, topic, msg)
+                stamps += [j.stamp_ns for j in asm.pop_jobs()]
+    except RecordingError:
+        pass
+    return stamps + [j.stamp_ns for j in asm.flush()]
+
+
+@pytest.mark.parametrize("damage, says, jobs", [
+    (_garbage_pages, "corrupt", "some"),
+    (_garbage_message, "corrupt /camera/image_raw message", "some"),
+    (_garbage_index, "corrupt sqlite3 bag", "all"),
+    (_cut, "cannot open recording", "none"),
+    (_not_a_database, "file is not a database", "none"),
+])
+def test_eval_on_a_corrupt_sqlite_bag_writes_the_jobs_before_the_fault(sqlite_bag, tmp_path,
+                                                                       capsys, damage, says,
+                                                                       jobs):
+    from efs_ros.tools import eval as efs_eval
+
+    bag, clean_out = sqlite_bag
+    broken = tmp_path / "broken"
+    shutil.copytree(bag, broken)
+    damage(next(broken.glob("*.db3")), np.random.default_rng(0))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    status = efs_eval.main([str(broken), str(out), "--no-progress"])
+    err = capsys.readouterr().err.splitlines()
+    assert status == 1 and len(err) == 1 and err[0].startswith(ERROR_PREFIX) and says in err[0], err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["error"] in err[0]
+    stamps = salvageable_job_stamps(broken)
+    assert [j["stamp_ns"] for j in summary["jobs"]] == stamps
+    clean = json.loads((clean_out / "summary.json").read_text())
+    n = len(stamps)
+    assert {"some": 0 < n < clean["n_jobs"], "all": n == clean["n_jobs"], "none": n == 0}[jobs]
+    written = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".npy"))
+    assert len(written) == 3 * len(stamps)
+    for name in written:  # the very bytes the intact bag gives for those jobs
+        assert (out / name).read_bytes() == (clean_out / name).read_bytes(), name

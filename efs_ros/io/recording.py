@@ -189,9 +189,8 @@ def read_recording(path, topics=None, required=()) -> Iterator[tuple[str, object
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several types; all are one line
         files, kind = _storage_files(path)
-        if kind != "mcap":
-            raise RecordingError(f"{path.name}: cannot open recording ({_one_line(exc)})") from None
-        yield from _salvage_mcap(files, wanted, required, _one_line(exc))
+        salvage = _salvage_mcap if kind == "mcap" else _salvage_sqlite
+        yield from salvage(files, wanted, required, _one_line(exc))
         return
     try:
         found = {c.topic: c.msgtype for c in reader.connections}
@@ -362,6 +361,53 @@ def _salvage_mcap(files: list[Path], wanted, required, open_error: str):
         reason = open_error
     raise RecordingError(f"{name}: truncated or corrupt mcap ({reason}); {count} messages read "
                          "before the fault")
+
+
+# ----------------------------------------------------------- sqlite3 salvage (storage order)
+
+def _salvage_sqlite(files: list[Path], wanted, required, open_error: str):
+    """Read a sqlite3 bag that rosbags cannot open (a damaged page, say): its messages in
+    storage order (the order they were recorded in) up to the first page that cannot be read.
+    A file whose topic table is unreadable (cut short, not a database) gives nothing."""
+    import sqlite3
+
+    store = typestore()
+    name = files[0].name if len(files) == 1 else files[0].parent.name
+    count = 0
+    reason = None
+    for index, file in enumerate(files):
+        try:
+            con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+            topics = {tid: (topic, msgtype) for tid, topic, msgtype in
+                      con.execute("SELECT id, name, type FROM topics")}
+        except sqlite3.Error as exc:
+            if index == 0:
+                raise RecordingError(f"{name}: cannot open recording ({open_error})") from None
+            reason = f"{file.name}: {_one_line(exc)}"
+            break
+        try:
+            if index == 0:
+                _check_topics({t: m for t, m in topics.values()}, required)
+            rows = con.execute("SELECT topic_id, timestamp, data FROM messages ORDER BY id")
+            for tid, stamp, data in rows:
+                topic, msgtype = topics.get(tid, ("", ""))
+                if topic not in wanted:
+                    continue
+                try:
+                    msg = store.deserialize_cdr(bytes(data), msgtype)
+                except Exception as exc:  # noqa: BLE001
+                    raise RecordingError(f"{name}: corrupt {topic} message at {stamp} ns "
+                                         f"({_one_line(exc)}); {count} messages read before "
+                                         "the fault") from None
+                count += 1
+                yield topic, _plain(topic, msg), int(stamp)
+        except sqlite3.Error as exc:
+            reason = _one_line(exc)
+            break
+        finally:
+            con.close()
+    raise RecordingError(f"{name}: corrupt sqlite3 bag ({reason or open_error}); {count} "
+                         "messages read before the fault")
 
 
 # ---------------------------------------------------------------------------- writing
