@@ -130,6 +130,25 @@ _VECTOR_MASK[0x4], _VECTOR_MASK[0x5] = 0xFFF, 0xFF
 
 
 @intrinsic
+def _prefetch_for_writing(typingctx, array, byte_offset):
+    """Ask for the cache line at byte `byte_offset` of `array`'s data, to be written soon."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [args[1]])
+        i32 = ir.IntType(32)
+        prefetch = builder.module.declare_intrinsic(
+            "llvm.prefetch", [address.type], ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]))
+        builder.call(prefetch, [address, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(array, byte_offset), codegen
+
+
+PREFETCH_BYTES = 4096
+"""How far ahead of the vector expansion the output is prefetched (large outputs do not fit in
+cache; the stores would otherwise wait for their lines)."""
+
+
+@intrinsic
 def _popcount(typingctx, x):
     """Number of set bits (LLVM ctpop: one instruction, vectorised where the CPU has it)."""
     def codegen(context, builder, signature, args):
@@ -477,6 +496,7 @@ def _fast(words, start, stop, st, events, contexts, increments, x_limit, y_limit
             rest &= (1 << 52) - 1
             if at > end:  # cannot happen (the output holds every event counted): memory safety
                 return False
+            _prefetch_for_writing(events, min(at + PREFETCH_BYTES, end))
             for k in range(8):
                 _store_8_bytes(events, at + k * EVENT_BYTES, t)
                 _store_8_bytes(events, at + k * EVENT_BYTES + 8, rest + _BIT_OFFSETS_12[row, k])
