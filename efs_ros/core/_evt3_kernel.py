@@ -545,8 +545,9 @@ being counted."""
 
 @njit(cache=True, nogil=True)
 def decode(words, io, faults, scratch, block_words, strict):
-    """Decode `words` (uint16) from the registers in io[IO_REGS:]; returns the events and triggers
-    and leaves the counters in io[IO_FAULTS:] and fault records in `faults`. The registers are
+    """Decode `words` (uint16) from the registers in io[IO_REGS:]; returns the events, triggers
+    and whether there is anything to report (faults, reserved words, jitter): the counters in
+    io[IO_FAULTS:] and fault records in `faults`. The registers are
     updated, unless strict mode met a fault (the decoder stays as it was).
 
     Words go in blocks of `block_words` (all of them if fewer than 1.5 blocks); faults are counted
@@ -630,4 +631,5 @@ def decode(words, io, faults, scratch, block_words, strict):
     io[IO_JITTER] = st[S_JITTER]
     io[IO_CUT_EVENTS] = st[S_CUT_EVENTS]
     io[IO_CUT_TRIGGERS] = st[S_CUT_TRIGGERS]
-    return events[:st[S_EVENTS]], triggers[:st[S_TRIGGERS]]
+    return (events[:st[S_EVENTS]], triggers[:st[S_TRIGGERS]],
+            n_faults + st[S_RESERVED] + st[S_JITTER] > 0)

@@ -138,6 +138,7 @@ FR_BLOCK, FR_KIND, FR_WORD, FR_COUNT, FR_TYPE, FR_VALUE, FR_A, FR_B = range(8)
 N_FAULT_COLS = 8
 
 BACKENDS = ("auto", "numba", "numpy")
+_WORD_DTYPE = np.dtype("<u2")
 _kernel_module = None
 _kernel_error: str | None = None
 
@@ -259,7 +260,7 @@ class Evt3Decoder:
         return chunk
 
     def _decode_compiled(self, buf, n_words: int, strict: bool) -> DecodedChunk:
-        words = np.frombuffer(buf, dtype="<u2", count=n_words)
+        words = np.frombuffer(buf, _WORD_DTYPE, n_words)
         if type(buf) is not bytes:  # (bytes: read-only and aligned) one specialisation of the kernel
             if not words.flags.aligned:  # a view at an odd offset
                 words = words.copy()
@@ -269,12 +270,12 @@ class Evt3Decoder:
             fault_records = self._fault_records
         else:
             fault_records = np.empty((-(-n_words // block_words) * N_FAULT_KINDS, N_FAULT_COLS), np.int64)
-        events, triggers = self._kernel.decode(words, self._io, fault_records, self._scratch, block_words,
-                                               strict)
+        events, triggers, anything_to_report = self._kernel.decode(
+            words, self._io, fault_records, self._scratch, block_words, strict)
+        if not anything_to_report:
+            return DecodedChunk(events, triggers, [], n_words, {})
         n_faults, n_reserved, n_jitter, words_done, cut_events, cut_triggers = \
             self._io[IO_FAULTS:IO_SIZE].tolist()
-        if not (n_faults or n_reserved or n_jitter):
-            return DecodedChunk(events, triggers, [], n_words, {})
         stats = {}
         if n_reserved:
             stats["reserved_0x9"] = n_reserved
