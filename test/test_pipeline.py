@@ -240,20 +240,19 @@ def test_timeline_is_exact_between_events_on_a_log_ramp():
     assert worst_step > 0.5  # what the timing buys
 
 
-def test_timeline_holds_at_turns_and_continues_trends_past_the_last_event():
-    c_ev = make_events([1000, 2000, 3000, 7000, 10_000], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0],
-                       [1, 1, 1, -1, -1])
-    tl = EventTimeline(c_ev, 1, 2)
-    lv = tl.levels_at(np.zeros(5, np.int64), np.array([500, 1500, 2500, 5000, 8000]))
+def test_timeline_ramps_between_same_polarities_and_holds_otherwise():
+    ev = make_events([1000, 2000, 3000, 7000, 10_000], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0],
+                     [1, 1, 1, -1, -1])
+    tl = EventTimeline(ev, 1, 2)
+    lv = tl.levels_at(np.zeros(6, np.int64), np.array([500, 1500, 2500, 5000, 8000, 20_000]))
     # before the first event: the start; ramps between same-polarity events; held over the
-    # turn from +1 to -1; after the last event (-1, preceded by +1) no trend is known: held.
-    np.testing.assert_allclose(lv, [0.0, 1.5, 2.5, 3.0, 2.0])
-    # pixel 1 has one event: held after it
+    # turn from +1 to -1 and after the last event
+    np.testing.assert_allclose(lv, [0.0, 1.5, 2.5, 3.0, 2.0, 2.0])
+    # an event exactly at the query time has not happened yet (as in EventStack), and the ramp
+    # into it makes the level continuous there
+    assert tl.levels_at(np.array([0]), np.array([2000]))[0] == 2.0
+    assert tl.levels_at(np.array([0]), np.array([7000]))[0] == 3.0  # held up to the turn
     assert tl.levels_at(np.array([1]), np.array([20_000]))[0] == -1.0
-    ramp = make_events([1000, 2000, 3000], [0, 0, 0], [0, 0, 0], [1, 1, 1])
-    tl = EventTimeline(ramp, 1, 1)
-    lv = tl.levels_at(np.zeros(3, np.int64), np.array([3250, 3500, 9000]))
-    np.testing.assert_allclose(lv, [3.25, 3.5, 3.5])  # the trend goes on for half a level at most
 
 
 def test_timeline_stays_within_one_threshold_of_the_step_and_ignores_order(sweep):
@@ -365,14 +364,15 @@ def test_patch_grid_covers_the_image():
 
 def test_threshold_estimate_refocuses_at_least_as_well_as_the_true_threshold():
     """The estimate is the gain that best predicts the log change from the (quantised) counts:
-    at most the true threshold, shrunk by the quantisation noise, never far off, and refocusing
-    with it is no worse than with the true threshold."""
+    at most the true threshold, shrunk by the quantisation noise, never far off, and plain
+    refocusing (no further shrinkage) with it is no worse than with the true threshold."""
     for c_true, seed in ((0.15, 11), (0.3, 12)):
         job, _ = synthetic_sweep(h=96, w=96, threshold=c_true, seed=seed)
-        est, info = run_pipeline_with_info(job, PipelineConfig(event_filter_us=0, merge="refocus_map"))
+        plain = dict(event_filter_us=0, merge="refocus_map", shrink_window=0)
+        est, info = run_pipeline_with_info(job, PipelineConfig(**plain))
         assert info["threshold_estimated"]
         assert 0.25 * c_true < info["threshold"] < 1.2 * c_true, (c_true, info["threshold"])
-        true = run_pipeline(job, PipelineConfig(event_filter_us=0, merge="refocus_map", threshold=c_true))
+        true = run_pipeline(job, PipelineConfig(**plain, threshold=c_true))
         gt = job.ground_truth_aif
         assert psnr(est.all_in_focus, gt) > psnr(true.all_in_focus, gt) - 0.2
 
@@ -425,7 +425,8 @@ def test_dense_pipeline_sharpens_both_planes_and_orders_depth(sweep):
     gt = job.ground_truth_aif
     for m in masks:
         assert region_psnr(r.all_in_focus, gt, m) > region_psnr(job.frame, gt, m) + 1.0
-        assert gradient_energy(r.all_in_focus, m) > 1.3 * gradient_energy(job.frame, m)
+        # (the estimated gain is shrunk against quantisation noise, so less than the truth's)
+        assert gradient_energy(r.all_in_focus, m) > 1.15 * gradient_energy(job.frame, m)
     # The seam between the planes mixes both planes' light at every focus, so the whole image
     # gains less than each plane.
     assert psnr(r.all_in_focus, gt) > psnr(job.frame, gt) + 0.5
@@ -540,7 +541,8 @@ def sim_two_planes():
 
 def test_simulated_two_planes_come_out_sharper_with_the_right_depth_order(sim_two_planes):
     job, (near, far) = sim_two_planes
-    r, info = run_pipeline_with_info(job, PipelineConfig())
+    # Depth everywhere (confidence_min 0): the refocus map's order is what is checked.
+    r, info = run_pipeline_with_info(job, PipelineConfig(confidence_min=0.0))
     gt = job.ground_truth_aif
     for m in (near, far):
         assert gradient_energy(r.all_in_focus, m) > gradient_energy(job.frame, m)
@@ -549,6 +551,5 @@ def test_simulated_two_planes_come_out_sharper_with_the_right_depth_order(sim_tw
     d_near = np.nanmedian(np.where(ndimage.binary_erosion(near, iterations=10), r.depth, np.nan))
     d_far = np.nanmedian(np.where(ndimage.binary_erosion(far, iterations=10), r.depth, np.nan))
     assert d_near < d_far
-    # v2e's nominal threshold is 0.2; its photoreceptor lag and refractory period lose part of
-    # each change, so the effective threshold fitted here is somewhat larger.
-    assert info["threshold_estimated"] and 0.15 < info["threshold"] < 0.35
+    # v2e's nominal threshold is 0.2; the fitted gain is shrunk against quantisation noise.
+    assert info["threshold_estimated"] and 0.1 < info["threshold"] < 0.3

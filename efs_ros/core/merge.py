@@ -47,9 +47,29 @@ def merge_focus(refocuser: Refocuser, lums: np.ndarray, focus: np.ndarray | None
     return refocuser.colour(merged), w
 
 
-def merge_refocus_map(refocuser: Refocuser, refocus_map: np.ndarray) -> np.ndarray:
-    """Every pixel refocused to its own time in the refocus map."""
-    return refocuser.image_at_pixel_times(refocus_map)
+def merge_refocus_map(refocuser: Refocuser, refocus_map: np.ndarray, shrink_window: int = 0) -> np.ndarray:
+    """Every pixel refocused to its own time in the refocus map.
+
+    With `shrink_window` > 1 the change from the frame is shrunk per pixel by a local Wiener
+    gain (the Lee filter: signal power = local mean square change minus the events' noise
+    variance, see Refocuser.count_noise_variance): a lone noise event or quantisation step in a
+    flat region is pulled back to the frame, while edges, whose change is far above the noise,
+    keep theirs. The window pools only the power, not the change, so detail is not blurred."""
+    counts = refocuser.counts_at_pixel_times(refocus_map)
+    if shrink_window > 1:
+        counts = wiener_shrink(counts, refocuser.count_noise_variance(counts, refocus_map), shrink_window)
+    return refocuser.colour(refocuser.luminance_from_counts(counts))
+
+
+def wiener_shrink(change: np.ndarray, noise_var: np.ndarray, window: int) -> np.ndarray:
+    """change x s / (s + n) per pixel, s = max(local mean of change^2 - local mean of n, 0)."""
+    d = np.asarray(change, dtype=np.float32)
+    n = np.asarray(noise_var, dtype=np.float32)
+    power = ndimage.uniform_filter(d * d, window, mode="reflect")
+    signal = np.maximum(power - ndimage.uniform_filter(n, window, mode="reflect"), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(signal + n > 0, signal / (signal + n), 1.0)
+    return (d * gain).astype(np.float32)
 
 
 def gradient_fusion_weights(images: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from .refocus import (
     LinLogResponse,
     LogResponse,
     Refocuser,
+    estimate_noise_rate,
     estimate_threshold,
     event_bins_between,
     isolated_event_mask,
@@ -91,6 +92,12 @@ class PipelineConfig:
     refocus_net: RefocusNet | None = None
     merge_net: MergeNet | None = None
     net_event_bins: int = 64
+    shrink_window: int = 7
+    """Refocus-map merge: window of the local Wiener shrinkage of each pixel's change from the
+    frame against the events' noise (merge.wiener_shrink); 0 = off."""
+    noise_aware: bool = True
+    """Estimate the rate of noise events that pass the event filter (refocus.estimate_noise_rate)
+    and discount the error they add far from the frame (focus measure, shrinkage)."""
     event_timing: bool = True
     """Refocus-map merge: read each pixel's level between events from their timing
     (refocus.EventTimeline) rather than the binned step function."""
@@ -181,8 +188,10 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
 
     t = time.perf_counter()
     events = job.events
+    n_removed = 0
     if config.event_filter_us > 0 and len(events):
         events = events[~isolated_event_mask(events, h, w, config.event_filter_us)]
+        n_removed = len(job.events) - len(events)
     timings["filter"] = _ms(t)
     t = time.perf_counter()
     stack = EventStack(events, h, w, job.sweep_span_s, config.n_bins)
@@ -202,7 +211,12 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
             first.confidence > config.confidence_min)
     else:
         threshold = float(config.threshold)
-    refocuser = Refocuser(frame, stack, threshold, config.response, config.colour)
+    noise_rate = 0.0
+    if config.noise_aware and config.event_filter_us > 0:
+        span = stack.span_s
+        noise_rate = estimate_noise_rate(n_removed, h * w, span[1] - span[0], config.event_filter_us)
+    refocuser = Refocuser(frame, stack, threshold, config.response, config.colour,
+                          noise_rate_hz=noise_rate)
     timings["threshold"] = _ms(t)
 
     t = time.perf_counter()
@@ -235,7 +249,7 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
             if config.event_timing:
                 refocuser.timeline = EventTimeline(events, h, w, (stack.span_s[0] * 1e6,
                                                                   stack.span_s[1] * 1e6))
-            aif = merge_refocus_map(refocuser, sel.refocus_map)
+            aif = merge_refocus_map(refocuser, sel.refocus_map, config.shrink_window)
         else:
             lums, counts = sel.lums, None
             if lums is None:
@@ -258,6 +272,7 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
     result = SweepResult(all_in_focus=aif.astype(np.float32),
                          refocus_map=sel.refocus_map.astype(np.float32), depth=depth,
                          confidence=sel.confidence.astype(np.float32), timings_ms=timings)
-    info = {"threshold": threshold, "threshold_estimated": estimated, "times_s": times,
+    info = {"threshold": threshold, "threshold_estimated": estimated, "noise_rate_hz": noise_rate,
+            "times_s": times,
             "n_events": stack.n_events, "patch_times_s": sel.patch_times_s}
     return result, info

@@ -181,13 +181,11 @@ class EventTimeline:
       levels (exact for a log intensity linear in time);
     - opposite polarities: it turned in between, somewhere within a threshold of the earlier
       level, which is held;
-    - after the pixel's last event: its trend continues at the pace of its last two events (same
-      polarity) for at most half a level, the mean of where a ramp that stopped short of the next
-      crossing ended; before its first event the level is the pixel's start (0).
+    - before the pixel's first event its start (0), after its last event that event's level
+      (continuing its trend for part of a level measured no better on simulated sweeps, and
+      worse with noise events).
     Events outside span_us (the sweep) are ignored, as in EventStack.
     """
-
-    AFTER_LAST_MAX = 0.5
 
     def __init__(self, events: np.ndarray, height: int, width: int,
                  span_us: tuple[float, float] | None = None):
@@ -217,12 +215,6 @@ class EventTimeline:
         self.level = (run - before[pix]).astype(np.float64)
         """Level (signed count since the pixel's first event, inclusive) after each event."""
         self.polarity = pol.astype(np.float64)
-        # Gap to the previous event of the same pixel when it has the same polarity (else inf):
-        # the pace of a monotonic stretch.
-        same_prev = np.zeros(pol.size, dtype=bool)
-        same_prev[1:] = (pix[1:] == pix[:-1]) & (pol[1:] == pol[:-1])
-        self._pace = np.full(pol.size, np.inf)
-        self._pace[1:] = np.where(same_prev[1:], self.t_us[1:] - self.t_us[:-1], np.inf)
 
     @property
     def n_events(self) -> int:
@@ -248,10 +240,7 @@ class EventTimeline:
         ramp = has_prev & has_next & (p_prev == p_next)
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = np.where(ramp, (t - t_prev) / np.maximum(t_next - t_prev, 1e-9), 0.0)
-            trend = np.minimum((t - t_prev) / self._pace[i_prev], self.AFTER_LAST_MAX)
-        out = lvl_prev + p_prev * np.clip(frac, 0.0, 1.0)
-        last = has_prev & ~has_next & np.isfinite(self._pace[i_prev])
-        return np.where(last, lvl_prev + p_prev * np.maximum(trend, 0.0), out)
+        return lvl_prev + p_prev * np.clip(frac, 0.0, 1.0)
 
     def counts_at_pixel_times(self, time_map_s: np.ndarray, origin_s: float = 0.0) -> np.ndarray:
         """[H, W] float32 modelled signed count from origin_s (the frame) to each pixel's time."""
@@ -358,6 +347,10 @@ class Refocuser:
     colour_mode: str = "line"
     """How refocused luminance becomes colour: "line" (local colour lines, see
     colour_line_slopes) or "gain" (the frame's chroma scaled by the luminance ratio)."""
+    noise_rate_hz: float = 0.0
+    """Noise events per pixel and second left in the stack (see estimate_noise_rate); the focus
+    measure and the refocus-map merge discount the error they add, which grows with the
+    distance from the frame."""
     timeline: EventTimeline | None = None
     """When given, per-pixel refocus times (refocus-map merge) read the level between events from
     their timing (EventTimeline) instead of the binned step function."""
@@ -378,14 +371,20 @@ class Refocuser:
         """Refocused luminance for signed event counts from the frame time ([..., H, W])."""
         return self._lum(counts)
 
-    def noise_variance(self, counts: np.ndarray, lums: np.ndarray) -> np.ndarray:
-        """Per-pixel variance of the refocused luminance that event quantisation adds.
+    def noise_variance(self, counts: np.ndarray, lums: np.ndarray, times_s=None) -> np.ndarray:
+        """Per-pixel variance of the refocused luminance ([K, H, W]) that the events add.
 
-        A pixel whose level moved by events is off by the sub-threshold residuals at both
-        ends, each about uniform over one threshold: variance c^2 / 6 in log units, (c L)^2 / 6
-        in linear units. Pixels without net events are exactly the frame."""
+        Quantisation: a pixel whose level moved by events is off by the sub-threshold residuals
+        at both ends, each about uniform over one threshold: variance c^2 / 6 in log units,
+        (c L)^2 / 6 in linear units; pixels without net events are exactly the frame. Noise
+        events (with `times_s` and a `noise_rate_hz`): each one between the frame and the time
+        is a whole threshold of error, c^2 x rate x |t| in log units."""
         c = np.float32(self.threshold)
-        return np.where(counts != 0, (c * lums) ** 2 / np.float32(6.0), np.float32(0.0))
+        var = np.where(counts != 0, (c * lums) ** 2 / np.float32(6.0), np.float32(0.0))
+        if times_s is not None and self.noise_rate_hz > 0:
+            dt = np.abs(np.asarray(times_s, dtype=np.float32)).reshape(-1, 1, 1)
+            var = var + (c * lums) ** 2 * (np.float32(self.noise_rate_hz) * dt)
+        return var
 
     def luminances(self, times_s) -> np.ndarray:
         """[K, H, W] refocused linear luminance at the given times (s)."""
@@ -394,12 +393,23 @@ class Refocuser:
     def luminances_at_edges(self, edge_index) -> np.ndarray:
         return self._lum(self.stack.counts_at_edges(edge_index))
 
-    def luminance_at_pixel_times(self, time_map_s: np.ndarray, timing: bool = True) -> np.ndarray:
-        """[H, W] luminance with every pixel refocused to its own time; with `timing` and a
+    def counts_at_pixel_times(self, time_map_s: np.ndarray, timing: bool = True) -> np.ndarray:
+        """[H, W] signed count from the frame to every pixel's own time; with `timing` and a
         timeline, the level between events comes from their timing (see EventTimeline)."""
         if timing and self.timeline is not None:
-            return self._lum(self.timeline.counts_at_pixel_times(time_map_s))
-        return self._lum(self.stack.counts_at_pixel_times(time_map_s))
+            return self.timeline.counts_at_pixel_times(time_map_s)
+        return self.stack.counts_at_pixel_times(time_map_s)
+
+    def luminance_at_pixel_times(self, time_map_s: np.ndarray, timing: bool = True) -> np.ndarray:
+        """[H, W] luminance with every pixel refocused to its own time (see counts_at_pixel_times)."""
+        return self._lum(self.counts_at_pixel_times(time_map_s, timing))
+
+    def count_noise_variance(self, counts: np.ndarray, time_map_s: np.ndarray) -> np.ndarray:
+        """noise_variance in units of thresholds^2 (log domain / c^2) for per-pixel times."""
+        var = np.where(counts != 0, np.float32(1.0 / 6.0), np.float32(0.0))
+        if self.noise_rate_hz > 0:
+            var = var + np.float32(self.noise_rate_hz) * np.abs(np.asarray(time_map_s, np.float32))
+        return var
 
     def colour(self, lum: np.ndarray) -> np.ndarray:
         """An image in the frame's layout whose luminance is `lum` ([H, W] or [K, H, W])."""
@@ -491,6 +501,26 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
     if not c <= c_range[1]:
         return fallback, False
     return float(max(c, c_range[0])), True
+
+
+def estimate_noise_rate(n_removed: int, n_pixels: int, duration_s: float, window_us: float,
+                        iterations: int = 20) -> float:
+    """Noise events per pixel and second that survive isolated_event_mask with this window.
+
+    Noise events (shot, leak) are independent in space and time, so one survives the filter
+    only when another happens to land in its 3 x 3 neighbourhood within the window: with a raw
+    rate r that is 1 - exp(-k r W) of them (k = 27 for the filter's binning: 9 pixels, about
+    3 W of time). The filter removed n_removed events; taking them all as noise,
+    r = removed rate + surviving rate is solved by fixed-point iteration. On a clean sensor the
+    removed events are sparse real ones at a low rate, and so is the surviving rate found."""
+    if n_pixels <= 0 or duration_s <= 0 or window_us <= 0 or n_removed <= 0:
+        return 0.0
+    removed = n_removed / (n_pixels * duration_s)
+    k_w = 27.0 * window_us * 1e-6
+    raw = removed
+    for _ in range(iterations):
+        raw = removed / max(np.exp(-k_w * raw), 1e-3)
+    return float(raw - removed)
 
 
 def isolated_event_mask(events: np.ndarray, height: int, width: int, window_us: float = 3000.0

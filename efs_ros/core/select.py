@@ -145,7 +145,7 @@ def stack_selection(refocuser: Refocuser, times_s: np.ndarray, counts: np.ndarra
     texture keeps its own time), `map_window` for the refocus map and depth (larger, so that
     a pixel next to an edge of another surface is judged by enough of its own texture)."""
     lums = refocuser.luminance_from_counts(counts)
-    noise = refocuser.noise_variance(counts, lums) if denoise else None
+    noise = refocuser.noise_variance(counts, lums, times_s) if denoise else None
     energy = gradient_energy(lums, presmooth, noise)
     focus = window_mean(energy, window)
     map_focus = focus if map_window == window else window_mean(energy, map_window)
