@@ -30,8 +30,8 @@ def test_default_nets_are_small_and_keep_the_shapes():
     assert 100_000 < count_parameters(ref) < 500_000
     assert 100_000 < count_parameters(mer) < 500_000
     # A 1280x720 pass must stay within an embedded GPU's budget: < 150 GFLOPs per megapixel.
-    assert 10e9 < flops_per_megapixel(ref) < 150e9
-    assert 10e9 < flops_per_megapixel(mer) < 150e9
+    assert 10e9 < flops_per_megapixel(ref, size=(64, 64)) < 150e9
+    assert 10e9 < flops_per_megapixel(mer, n_slices=3, size=(64, 64)) < 150e9
     with torch.no_grad():
         for h, w in ((32, 48), (52, 40)):
             out = ref(torch.rand(2, 3, h, w), torch.zeros(2, 64, h, w))
@@ -147,10 +147,19 @@ def test_training_inputs_are_what_the_pipeline_feeds_the_net(tiny_records):
         np.testing.assert_array_equal(bins, bins2)
 
 
-def test_quick_training_reduces_the_loss_and_resumes_exactly(tiny_cache, tmp_path, monkeypatch):
+@pytest.fixture()
+def one_thread():
+    """Small convolutions on a shared 2-core machine: one thread is steadier (and faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_quick_training_reduces_the_loss_and_resumes_exactly(tiny_cache, tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("EFS_NETS_CACHE", str(tiny_cache))
     cfg = TrainConfig.quick()
-    cfg.refocus_steps, cfg.val_every, cfg.ckpt_every, cfg.lr = 60, 1000, 30, 3e-3
+    cfg.refocus_steps, cfg.val_every, cfg.ckpt_every, cfg.lr = 40, 1000, 20, 3e-3
     rng = np.random.default_rng(11)
     trainer = Trainer(cfg, tmp_path / "a", progress=False)
     train = trainer.records("train")
@@ -163,16 +172,16 @@ def test_quick_training_reduces_the_loss_and_resumes_exactly(tiny_cache, tmp_pat
     before = loss_on(trainer.refocus)
     trainer.train_refocus(train, train)
     after = loss_on(trainer.refocus)
-    # The untrained net is already plain integration, a strong start: 60 steps gain ~2.5 %.
+    # The untrained net is already plain integration, a strong start: 40 steps gain ~2 %.
     assert after < 0.99 * before
     assert float(trainer.refocus.head.weight.detach().abs().max()) > 0  # the decoder was trained
-    assert [s for s, _ in trainer.history["refocus"]] == list(range(60))
+    assert [s for s, _ in trainer.history["refocus"]] == list(range(40))
 
-    # Stopped after the checkpoint at step 30, resumed: the same weights as the straight run.
+    # Stopped after the checkpoint at step 20, resumed: the same weights as the straight run.
     part = Trainer(cfg, tmp_path / "b", progress=False)
-    part.train_refocus(train, train, until=30)
+    part.train_refocus(train, train, until=20)
     resumed = Trainer(cfg, tmp_path / "b", resume=True, progress=False)
-    assert resumed.step["refocus"] == 30
+    assert resumed.step["refocus"] == 20
     resumed.train_refocus(train, train)
     for k, v in trainer.refocus.state_dict().items():
         torch.testing.assert_close(resumed.refocus.state_dict()[k], v, msg=k)
