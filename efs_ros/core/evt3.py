@@ -1,8 +1,11 @@
-"""EVT 3.0 codec (Prophesee): vectorised stream decoder, encoder and `.raw` file IO.
+"""EVT 3.0 codec (Prophesee): stream decoder, encoder and `.raw` file IO.
 
 EVT 3.0 is a stream of 16-bit little-endian words whose meaning depends on state set by earlier
-words (current y, time, vector base x), so a naive decoder loops per word. Here every per-word
-step is a numpy pass: "last value seen" is a cumulative count of the state words indexing their
+words (current y, time, vector base x), so a naive decoder loops per word. Two decoders give
+identical results, stats and fault messages: a compiled one (`_evt3_kernel`, numba; used when
+numba is installed, several times faster, releases the GIL) and the vectorised numpy reference
+described here, selected with `Evt3Decoder(backend=...)`. In the reference every per-word step is
+a numpy pass: "last value seen" is a cumulative count of the state words indexing their
 values; the state carried from the previous packet enters as synthetic ADDR_Y / TIME_HIGH /
 TIME_LOW words in front of the new ones (the vector base as element 0 of its lookup). Everything is
 computed per event word, and vector words are expanded to events by unpacking their bit masks at
@@ -18,8 +21,9 @@ Faults never lose valid data: in non-strict mode each fault is a one-line messag
 `DecodedChunk.faults` (one per kind and block, with a count and the first word's index, type and
 value) and the events around it are kept; events that cannot be placed (no y/time/base yet, or
 outside width x height) are dropped and counted. Time order is checked between consecutive event
-words: a backward step up to `max_jitter_us` is jitter (counted in stats), a larger one is a fault,
-and the events keep the time the stream gives them either way. In strict mode the first fault
+words that have their state (those outside the sensor included): a backward step up to
+`max_jitter_us` is jitter (counted in stats), a larger one is a fault, and the events keep the
+time the stream gives them either way. In strict mode the first fault
 raises `Evt3Error` whose `.partial` holds everything decoded before the faulty word.
 """
 from __future__ import annotations
