@@ -22,13 +22,17 @@ reaches the callback is counted once: events_received = packets_accepted + packe
 stale_messages, and seq gaps (packets DDS or the queue lost) are packets_lost, so received +
 lost = sent.
 
-Memory cap (RSS of the node process, measured by test_load): about 250 MB of interpreter,
-rclpy, numba and DDS, plus events_queue_depth x the largest packet (the DDS history; 1000 x
-64 KiB = 64 MB), plus 13 B x max_buffered_events for the buffer, plus the same again for each
-job that holds its sweep's events (queued, running, and frames of the sweep being cut; at most
-max_pending_jobs + the frames per sweep + 1). Defaults, 1280x720 at 30 M events/s: 208 MB
-buffer, a 0.25 s sweep of 7.5 M events is 98 MB per job. The child process adds ~250 MB plus
-the job it runs. The load test floods at twice the measured capacity for 60 s and checks it.
+Memory cap (`memory_cap_bytes`; test_load floods at twice the measured capacity for 60 s and
+checks the node's RSS against it): the process at rest (interpreter, rclpy, numba, DDS: ~300
+MB), plus events_queue_depth x the largest packet (the subscription's history), plus 13 B x
+max_buffered_events for each copy of buffered events that can exist at once: the buffer, the
+sweep being cut into jobs, one per job (queued: max_pending_jobs; being cut: the frames of one
+sweep; running and its pickled copy for the child), plus MEMORY_SLACK_BYTES for allocator and
+DDS overhead. Defaults (16 M events, 4 jobs, 1000 x 64 KiB packets, 8 frames a sweep): about
+300 MB + 64 MB + 64 MB + 16 x 208 MB = 3.8 GB in the worst case; a 1280x720 sweep of 0.25 s
+at 30 M events/s holds 7.5 M events, so jobs rarely come near it. Lower max_buffered_events
+to lower the cap (test_load: 2 M events, 2 jobs -> 300 + 32 + 64 + 9 x 26 MB = 630 MB; it
+peaks near 400 MB). The pipeline child adds its own ~300 MB plus the one job it runs.
 
 No silently wrong image. Input the pipeline cannot turn into a trustworthy image gives no
 output and a counted reason (jobs_skipped, jobs_skipped_by_reason, last_skip in /diagnostics,
@@ -94,6 +98,20 @@ POLL_S = 0.02
 """How often the worker asks the assembler for finished jobs (adds at most this to latency)."""
 FAILED_JOBS_ERROR = 3
 """Consecutive pipeline failures that turn the diagnostics to ERROR."""
+
+
+EVENT_BYTES = 13
+"""Bytes per buffered event (EVENT_DTYPE)."""
+MEMORY_SLACK_BYTES = 64 * 2**20
+"""Allocator fragmentation and DDS buffers beyond the subscription history."""
+
+
+def memory_cap_bytes(max_buffered_events: int, max_pending_jobs: int, events_queue_depth: int,
+                     packet_bytes: int, frames_per_sweep: int) -> int:
+    """What the node process may hold beyond its size at rest (module docstring, "Memory cap")."""
+    copies = 2 + max_pending_jobs + frames_per_sweep + 2
+    return (events_queue_depth * packet_bytes + EVENT_BYTES * max_buffered_events * copies
+            + MEMORY_SLACK_BYTES)
 
 
 @dataclass(frozen=True)

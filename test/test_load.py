@@ -1,0 +1,141 @@
+"""An event flood at twice the live node's measured capacity, for 60 s, over real DDS.
+
+The node's capacity is measured first (a publisher offering far more than any node takes, the
+node's decoded events per second read from its /diagnostics); then a publisher process sends a
+lens sweep, frames and a normal event rate (jobs come out), twice the capacity for 60 s, and
+the normal rate again. Checked: the node's memory (RSS from /proc, node and pipeline child)
+stays under the cap its docstring states, /diagnostics keep coming, the drops are counted
+there, and jobs are published again once the flood is over.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from efs_ros.tools.bench_node import DiagnosticsWatch, start_node, start_publisher, stop
+
+WIDTH, HEIGHT = 160, 120
+BUFFER_EVENTS = 2_000_000
+PENDING_JOBS = 2
+QUEUE_DEPTH = 1000
+PACKET_BYTES = 32_768
+NORMAL_RATE = 300_000.0
+FLOOD_S = 60.0
+PROBE_RATE = 400e6
+"""Offered while measuring capacity: far above what the node (or the publisher) manages."""
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of any thread of pid (the pipeline child is started by a worker thread)."""
+    from pathlib import Path
+
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def memory_cap_mb(baseline_mb: float) -> float:
+    """The node docstring's cap: its resident size at rest, plus the DDS history of the event
+    queue, plus the event buffer and one sweep's events for each job that can hold them."""
+    from efs_ros.nodes.all_in_focus import memory_cap_bytes
+
+    return baseline_mb + memory_cap_bytes(BUFFER_EVENTS, PENDING_JOBS, QUEUE_DEPTH,
+                                          PACKET_BYTES, frames_per_sweep=3) / 2**20
+
+
+@pytest.fixture(scope="module")
+def loaded_node(tmp_path_factory):
+    log = tmp_path_factory.mktemp("load") / "node.log"
+    node = start_node({"backend": "classical", "method": "golden",
+                       "max_buffered_events": BUFFER_EVENTS, "max_pending_jobs": PENDING_JOBS,
+                       "events_queue_depth": QUEUE_DEPTH}, log)
+    watch = DiagnosticsWatch()
+    yield node, watch, log
+    watch.close()
+    stop(node)
+
+
+def test_flood_at_twice_capacity_is_bounded_counted_and_survived(loaded_node):
+    from efs_ros.tools.bench_node import sustained_rate
+
+    node, watch, log = loaded_node
+    assert watch.wait(lambda v: True, 60), log.read_text()[-2000:]
+
+    # 1. capacity: offer far more than the node takes, for a few seconds
+    probe = start_publisher(["0:1", f"{PROBE_RATE:.0f}:3"], WIDTH, HEIGHT, lens=False,
+                            packet_bytes=PACKET_BYTES)
+    marks = [(time.monotonic(), json.loads(line)) for line in probe.stdout]
+    assert probe.wait(30) == 0, probe.stderr.read()
+    (t_start, _), (t_end, sent) = marks
+    capacity = sustained_rate(watch.between(t_start + 1.0, t_end + 0.5))
+    sent_rate = sent["sent_events"] / sent["wall_s"]
+    assert capacity > 0
+    flood_rate = 2 * capacity
+
+    # 2. normal -> flood at twice the capacity -> normal, with lens and frames (jobs form)
+    time.sleep(1.0)
+    phases = [f"{NORMAL_RATE:.0f}:5", f"{flood_rate:.0f}:{FLOOD_S:.0f}", f"{NORMAL_RATE:.0f}:10"]
+    publisher = start_publisher(phases, WIDTH, HEIGHT, lens=True, packet_bytes=PACKET_BYTES)
+    started = time.monotonic()
+    rss, child_rss, phase_ends = [], [], []
+    while publisher.poll() is None:
+        rss.append((time.monotonic(), rss_mb(node.pid)))
+        child_rss.append(max([rss_mb(c) for c in children(node.pid)] or [0.0]))
+        time.sleep(0.5)
+    for line in publisher.stdout:
+        phase_ends.append(json.loads(line))
+    assert publisher.returncode == 0, publisher.stderr.read()
+    assert node.poll() is None, log.read_text()[-2000:]
+    normal_end = started + phase_ends[0]["wall_s"]
+    flood_end = normal_end + phase_ends[1]["wall_s"]
+    flood_sent = phase_ends[1]["sent_events"] / phase_ends[1]["wall_s"]
+
+    before = watch.between(started, normal_end)
+    during = watch.between(normal_end + 1, flood_end)
+    after = watch.between(flood_end + 2, time.monotonic())
+    rss_rest = max(r for t, r in rss if t < normal_end)
+    rss_flood = max(r for t, r in rss if normal_end <= t <= flood_end + 2)
+    cap = memory_cap_mb(rss_rest)
+    print(f"\nload: capacity {capacity / 1e6:.1f} M ev/s (probe sent {sent_rate / 1e6:.1f}); "
+          f"flood offered {flood_rate / 1e6:.1f}, sent {flood_sent / 1e6:.1f} M ev/s for "
+          f"{phase_ends[1]['wall_s']:.0f} s; node decoded "
+          f"{sustained_rate(during) / 1e6:.1f} M ev/s; RSS {rss_rest:.0f} MB at rest, "
+          f"{rss_flood:.0f} MB max in the flood (cap {cap:.0f} MB), pipeline child max "
+          f"{max(child_rss):.0f} MB; {len(during)} diagnostics in the flood")
+    # memory bounded under the documented cap
+    assert rss_flood < cap
+    # it kept answering: /diagnostics at ~1 Hz through the flood
+    gaps = [b[0] - a[0] for a, b in zip(during[:-1], during[1:], strict=True)]
+    assert len(during) >= 0.7 * (flood_end - normal_end - 1) and max(gaps) < 3.0, gaps
+    # the drops are counted: packets the node never took (seq gaps) and buffer overflow
+    first, last = during[0][1], during[-1][1]
+    lost = int(last["packets_lost"]) - int(first["packets_lost"])
+    overflow = int(last["events_dropped"]) - int(first["events_dropped"])
+    assert lost > 0 and overflow > 0, (first, last)
+    assert int(last["buffer_events"]) <= BUFFER_EVENTS
+    assert any("event buffer" in v["message"] or "skipped" in v["message"] for _, v in during)
+    # normal output before and after: jobs published once the flood is over
+    done_before = int(before[-1][1]["jobs_done"]) if before else 0
+    assert done_before > 0, before[-1][1] if before else log.read_text()[-2000:]
+    assert after and int(after[-1][1]["jobs_done"]) > int(during[-1][1]["jobs_done"]), \
+        (after[-1][1] if after else None)
+    resumed = next(t for t, v in after if int(v["jobs_done"]) > int(during[-1][1]["jobs_done"]))
+    print(f"load: first job after the flood {resumed - flood_end:.1f} s after it ended; "
+          f"{lost} packets lost, {overflow} events dropped from the buffer in the flood")
