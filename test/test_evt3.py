@@ -766,3 +766,77 @@ def test_clean_streams_are_decoded_exactly_by_both_backends(synthetic_stream, ba
 
 def word_types_of(data: bytes) -> np.ndarray:
     return np.frombuffer(data, "<u2") >> 12
+
+
+# ---------------------------------------------------------------------------------------------
+# (8) compiled encoder against the numpy reference: the same bytes, the same errors
+# ---------------------------------------------------------------------------------------------
+
+def _encode_both(pieces, vectorize=True) -> list:
+    """Encode the (events, triggers) pieces as one stream with each backend: bytes or error."""
+    pytest.importorskip("numba")
+    outcomes = []
+    for backend in BACKENDS:
+        encoder = Evt3Encoder(vectorize=vectorize, backend=backend)
+        out = []
+        for ev, tr in pieces:
+            try:
+                out.append(encoder.encode(ev, tr))
+            except (ValueError, TypeError) as err:
+                out.append((type(err), str(err)))
+        outcomes.append(out)
+    assert outcomes[0] == outcomes[1]
+    return outcomes[0]
+
+
+trigger_lists = st.lists(
+    st.tuples(st.one_of(st.integers(0, 30), st.integers(0, 3 * WRAP)), st.integers(0, 15), st.integers(0, 1)),
+    max_size=20)
+
+
+@settings(max_examples=80, deadline=None)
+@given(event_lists, trigger_lists, st.booleans(), st.lists(st.integers(0, 3 * WRAP), max_size=4))
+def test_encoder_backends_write_the_same_bytes(rows, trigger_rows, vectorize, cut_times):
+    ev = np.array(sorted(rows, key=lambda r: r[0]), dtype=EVENT_DTYPE)
+    tr = np.array(sorted(trigger_rows, key=lambda r: r[0]), dtype=TRIGGER_DTYPE)
+    edges = [0, *sorted(cut_times), 4 * WRAP]
+    pieces = [(ev[(ev["t"] >= a) & (ev["t"] < b)], tr[(tr["t"] >= a) & (tr["t"] < b)])
+              for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    out = _encode_both(pieces, vectorize)
+    assert all(isinstance(o, bytes) for o in out)
+    decoded = decode_evt3(b"".join(out), strict=True)
+    assert_same(decoded.events, ev)
+    assert_same(decoded.triggers, tr)
+
+
+def test_encoder_backends_agree_on_busy_streams_in_packets(synthetic_stream):
+    events, triggers, data = synthetic_stream
+    assert _encode_both([(events, triggers)]) == [data]
+    dense = dense_events(3000, seed=11)
+    edges = np.linspace(0, dense["t"][-1] + 1, 40).astype(np.int64)
+    pieces = [(dense[(dense["t"] >= a) & (dense["t"] < b)], None)
+              for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    for vectorize in (True, False):
+        out = _encode_both(pieces, vectorize)
+        assert_same(decode_evt3(b"".join(out), strict=True).events, dense)
+
+
+def test_encoder_backends_reject_the_same_input():
+    ev = busy_events(50, seed=3)
+    tr = some_triggers(ev, 5, seed=4)
+    bad_p, bad_x, bad_y, bad_channel, bad_value = ev.copy(), ev.copy(), ev.copy(), tr.copy(), tr.copy()
+    bad_p["p"][3] = 0
+    bad_x["x"][0] = 4000
+    bad_y["y"][7] = 3000
+    bad_channel["channel"][2] = 16
+    bad_value["value"][4] = 2
+    cases = [[(ev[::-1], None)], [(bad_p, None)], [(bad_x, None)], [(bad_y, None)], [(ev, tr[::-1])],
+             [(ev, bad_channel)], [(ev, bad_value)], [(ev[ev["t"] > 1000], None), (ev[:5], None)],
+             [(np.zeros(3, [("t", "i8")]), None)], [(None, np.zeros(2, [("t", "i8")]))]]
+    messages = ["sorted by t: event 4 has t=", "polarity must be -1 or +1, event 3 has p=0",
+                "x must be in 0..2047 for EVT 3.0, got", "y must be in 0..2047", "triggers must be sorted",
+                "channel must be 0..15", "value 0 or 1", "comes after", "fields t, x, y, p", "fields t, channel, value"]
+    for pieces, message in zip(cases, messages, strict=True):
+        error_type, text = _encode_both(pieces)[-1]
+        assert message in text
+        assert error_type is (TypeError if "fields" in message else ValueError)

@@ -633,3 +633,136 @@ def decode(words, io, faults, scratch, block_words, strict):
     io[IO_CUT_TRIGGERS] = st[S_CUT_TRIGGERS]
     return (events[:st[S_EVENTS]], triggers[:st[S_TRIGGERS]],
             n_faults + st[S_RESERVED] + st[S_JITTER] > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder: the same words as the numpy encoder in evt3.py, one pass over the items in time order
+# ---------------------------------------------------------------------------------------------
+
+# The encoder's int64 state array: the stream's registers, then what the checks found.
+E_T, E_HAVE_TIME, E_Y, E_ERROR, E_INDEX, E_A, E_B, E_COUNT = range(8)
+N_ENCODER_STATE = 8
+# Error codes, in the order the numpy encoder checks.
+(ERR_NONE, ERR_EVENTS_UNSORTED, ERR_X_RANGE, ERR_Y_RANGE, ERR_POLARITY, ERR_TRIGGERS_UNSORTED,
+ ERR_TRIGGER_FIELDS, ERR_BEFORE_ENCODED) = range(8)
+
+
+@njit(cache=True, nogil=True)
+def _check_encoder_input(t, x, y, p, tr_t, tr_channel, tr_value, state):
+    """The numpy encoder's input checks, in its order; the first failure goes into state[E_ERROR:]
+    (code, index, two values, count). Returns True if all pass."""
+    ne = t.size
+    if ne:
+        n_down = 0
+        for i in range(1, ne):
+            if t[i] < t[i - 1]:
+                if n_down == 0:
+                    state[E_INDEX], state[E_A], state[E_B] = i, t[i], t[i - 1]
+                n_down += 1
+        if n_down:
+            state[E_ERROR], state[E_COUNT] = ERR_EVENTS_UNSORTED, n_down
+            return False
+        for code, values in ((ERR_X_RANGE, x), (ERR_Y_RANGE, y)):
+            low, high = values.min(), values.max()
+            if low < 0 or high > 2047:
+                state[E_ERROR], state[E_A], state[E_B] = code, low, high
+                return False
+        for i in range(ne):
+            if p[i] != 1 and p[i] != -1:
+                state[E_ERROR], state[E_INDEX], state[E_A] = ERR_POLARITY, i, p[i]
+                return False
+    if tr_t.size:
+        for j in range(1, tr_t.size):
+            if tr_t[j] < tr_t[j - 1]:
+                state[E_ERROR] = ERR_TRIGGERS_UNSORTED
+                return False
+        if tr_channel.max() > 15 or tr_value.max() > 1:
+            state[E_ERROR] = ERR_TRIGGER_FIELDS
+            return False
+    first_t = min(t[0] if ne else 1 << 62, tr_t[0] if tr_t.size else 1 << 62)
+    if first_t < state[E_T]:
+        state[E_ERROR], state[E_A], state[E_B] = ERR_BEFORE_ENCODED, first_t, state[E_T]
+        return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def encode(t, x, y, p, tr_t, tr_channel, tr_value, state, vectorize):
+    """EVT 3.0 words for events (columns t, x, y, p) and triggers, continuing the stream whose
+    registers are in `state`; an empty result with state[E_ERROR] set if the input is invalid.
+
+    Per item in time order (a trigger before the events of its microsecond): TIME_HIGH 0xFFF,
+    0x000 for every clock wrap crossed, TIME_HIGH / TIME_LOW when they change, then EXT_TRIGGER,
+    or ADDR_Y when y changes and ADDR_X, or a vector run: consecutive events with equal t, y and
+    polarity and x increasing by less than 12, written as VECT_BASE_X and one VECT_12 (the last
+    one VECT_8 if it fits) per 12-wide block, when that takes fewer words than ADDR_X each.
+    """
+    state[E_ERROR] = ERR_NONE
+    if not _check_encoder_input(t, x, y, p, tr_t, tr_channel, tr_value, state):
+        return np.empty(0, np.uint16)
+    ne, nt = t.size, tr_t.size
+    prev_t = state[E_T]
+    last_t = max(t[ne - 1] if ne else 0, tr_t[nt - 1] if nt else 0)
+    out = np.empty(4 * ne + 3 * nt + 2 * ((last_t >> 24) - (prev_t >> 24)) + 4, np.uint16)
+    have_time = state[E_HAVE_TIME] != 0
+    prev_y = state[E_Y]
+    n = 0
+    i = 0
+    j = 0
+    while i < ne or j < nt:
+        is_trigger = j < nt and (i >= ne or tr_t[j] <= t[i])
+        now = tr_t[j] if is_trigger else t[i]
+        for _ in range((now >> 24) - (prev_t >> 24)):  # keep-alive pair per wrap crossed
+            out[n] = 0x8FFF
+            out[n + 1] = 0x8000
+            n += 2
+        new_high = (now >> 12) != (prev_t >> 12) or not have_time
+        if new_high:
+            out[n] = 0x8000 | ((now >> 12) & 0xFFF)
+            n += 1
+        if new_high or now != prev_t:
+            out[n] = 0x6000 | (now & 0xFFF)
+            n += 1
+        have_time = True
+        prev_t = now
+        if is_trigger:
+            out[n] = 0xA000 | (tr_channel[j] << 8) | tr_value[j]
+            n += 1
+            j += 1
+            continue
+        if y[i] != prev_y:
+            out[n] = y[i]
+            n += 1
+            prev_y = y[i]
+        p_bit = 1 if p[i] > 0 else 0
+        end = i + 1
+        if vectorize:
+            while (end < ne and t[end] == t[end - 1] and y[end] == y[end - 1]
+                   and (p[end] > 0) == (p[end - 1] > 0) and 0 < x[end] - x[end - 1] < 12):
+                end += 1
+        n_blocks = (x[end - 1] - x[i]) // 12 + 1
+        if end - i >= 2 and n_blocks + 1 <= end - i:
+            out[n] = 0x3000 | (p_bit << 11) | x[i]
+            n += 1
+            block = 0
+            mask = 0
+            for e in range(i, end):
+                offset = x[e] - x[i]
+                if offset // 12 != block:
+                    out[n] = 0x4000 | mask
+                    n += 1
+                    block = offset // 12
+                    mask = 0
+                mask |= 1 << (offset - 12 * block)
+            out[n] = (0x5000 if mask < 256 else 0x4000) | mask
+            n += 1
+        else:  # each event of the run on its own (same t and y: no time or y words)
+            for e in range(i, end):
+                out[n] = 0x2000 | ((1 if p[e] > 0 else 0) << 11) | x[e]
+                n += 1
+        i = end
+    state[E_T] = prev_t
+    state[E_HAVE_TIME] = 1
+    if ne:
+        state[E_Y] = y[ne - 1]
+    return out[:n]
