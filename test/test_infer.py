@@ -31,6 +31,15 @@ from efs_ros.nets.models import EvMergeNet, EvRefocusNet
 TRT_REASON = unavailable_reason()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on the shared 2-core machine a two-thread pool stalls under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _random_nets(seed: int = 0):
     """Nets with every weight perturbed, so outputs depend on all layers (the refocus head
     starts at zero, which would hide a broken decoder)."""
