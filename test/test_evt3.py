@@ -835,7 +835,8 @@ def test_encoder_backends_reject_the_same_input():
              [(np.zeros(3, [("t", "i8")]), None)], [(None, np.zeros(2, [("t", "i8")]))]]
     messages = ["sorted by t: event 4 has t=", "polarity must be -1 or +1, event 3 has p=0",
                 "x must be in 0..2047 for EVT 3.0, got", "y must be in 0..2047", "triggers must be sorted",
-                "channel must be 0..15", "value 0 or 1", "comes after", "fields t, x, y, p", "fields t, channel, value"]
+                "channel must be 0..15", "value 0 or 1", "comes after", "fields t, x, y, p",
+                "fields t, channel, value"]
     for pieces, message in zip(cases, messages, strict=True):
         error_type, text = _encode_both(pieces)[-1]
         assert message in text
