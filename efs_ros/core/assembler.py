@@ -239,8 +239,13 @@ class JobAssembler:
         if events.size:
             self._sweep_cache = None
             self._chunks.append(events)
-            self._chunk_tmin.append(int(events["t"].min()))
-            self._chunk_tmax.append(int(events["t"].max()))
+            t = events["t"]
+            if chunk.faults or chunk.stats.get("time_jitter"):
+                self._chunk_tmin.append(int(t.min()))
+                self._chunk_tmax.append(int(t.max()))
+            else:  # the decoder found no backward step: in time order (two strided passes saved)
+                self._chunk_tmin.append(int(t[0]))
+                self._chunk_tmax.append(int(t[-1]))
             self._buffered += int(events.size)
             self._enforce_capacity()
         return True
