@@ -163,14 +163,16 @@ def _load_kernel():
 
 
 def _warm(kernel) -> None:
-    """Compile (or load from the on-disk cache) the one specialisation the decoder calls."""
-    decoder = Evt3Decoder(backend="numba")
-    decoder.decode(np.array([0x8001, 0x6005, 0x0007, 0x2803, 0x3010, 0x4005, 0xA001], "<u2").tobytes())
+    """Compile (or load from the on-disk cache) the specialisations the decoder and encoder call."""
+    events = np.zeros(3, EVENT_DTYPE)
+    events["x"], events["p"] = [1, 2, 3], 1
+    data = Evt3Encoder(backend="numba").encode(events, np.zeros(1, TRIGGER_DTYPE))
+    Evt3Decoder(backend="numba").decode(data)
 
 
 def warm_up(backend: str = "auto") -> str:
-    """Load the compiled decoder now (first use costs up to a few seconds of JIT compilation
-    when its disk cache is cold); returns the backend an `Evt3Decoder(backend=...)` uses."""
+    """Load the compiled decoder and encoder now (first use costs seconds of JIT compilation when
+    their disk cache is cold); returns the backend an `Evt3Decoder(backend=...)` uses."""
     return Evt3Decoder(backend=backend).backend
 
 
