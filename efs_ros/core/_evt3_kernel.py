@@ -1,10 +1,11 @@
-"""Compiled (numba) EVT 3.0 decoding kernel.
+"""Compiled (numba) EVT 3.0 decoder and encoder kernels.
 
-Implements exactly the semantics of the vectorised numpy decoder in `evt3.py` (the reference):
-same events, triggers, stats and faults, faults reported per kind and block as numeric records
-that `evt3.py` turns into the same messages. Importing this module imports numba (slow), so
-`evt3.py` imports it only when a decoder first needs it; compiled code is cached on disk.
-`nogil=True`: a decoding thread does not block a worker thread computing meanwhile.
+They implement exactly the semantics of the vectorised numpy decoder and encoder in `evt3.py`
+(the reference): same events, triggers, stats and faults, faults reported per kind and block as
+numeric records that `evt3.py` turns into the same messages; the same encoded bytes and errors.
+Importing this module imports numba (slow), so `evt3.py` imports it only when a decoder first
+needs it; compiled code is cached on disk. `nogil=True`: a decoding thread does not block a
+worker thread computing meanwhile.
 
 Speed comes from not deciding per word. A per-word `match` on the type mispredicts about once
 per event on real data (the word order follows the scene), so words go in sub-blocks of
@@ -16,7 +17,9 @@ per-type tables, no branch) and keeps the context of each event word; pass 2 tur
 into events and checks, for the whole sub-block at once, what would be a fault or jitter (time
 going backwards, outside the sensor, no vector base). If anything is off, or a sub-block holds
 rarer words (triggers, reserved, unknown types), the general path decodes it word by word with
-every check: same results, a little slower.
+every check: same results, a little slower. Events are written with two unaligned 8-byte stores
+each (an LLVM intrinsic), vector words expand to 8 slots whatever their mask, the pre-pass runs
+in 16-bit SIMD lanes (LLVM vector IR: numba would widen each word to 64 bits).
 """
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ SPARE_EVENTS = 12
 EVENT_BYTES = 13
 """EVENT_DTYPE's itemsize: t (8 bytes), x, y (2 each), p (1). The fast path writes an event as two
 unaligned 8-byte stores, t and x | y << 16 | p << 32; the second spills 3 bytes into the next
-event, which is written after it (the output has a spare event at the end)."""
+event, which is written after it (the output has SPARE_EVENTS spare events at the end)."""
 
 # Register offsets inside a register set (the Evt3State field order).
 R_Y, R_BASE_X, R_VEC_P, R_HIGH, R_EPOCH, R_TIME, R_LAST_T, R_WORDS = range(8)
