@@ -24,6 +24,7 @@ from efs_ros.core.refocus import (
     LogResponse,
     Refocuser,
     colour_line_slopes,
+    estimate_noise_rate,
     event_bins_between,
     isolated_event_mask,
     log_frame_chw,
@@ -375,6 +376,34 @@ def test_threshold_estimate_refocuses_at_least_as_well_as_the_true_threshold():
         true = run_pipeline(job, PipelineConfig(**plain, threshold=c_true))
         gt = job.ground_truth_aif
         assert psnr(est.all_in_focus, gt) > psnr(true.all_in_focus, gt) - 0.2
+
+
+def test_event_filter_keeps_the_same_share_of_a_slow_sweep():
+    """Defocus events spread in time with the sweep: a sweep five times slower keeps as many of
+    its (noise-free) events as a fast one, because the filter's window scales with it."""
+    kept = []
+    for span in (0.1, 0.5):
+        job, _ = synthetic_sweep(span_s=span, seed=5)
+        _, info = run_pipeline_with_info(job, PipelineConfig(threshold=0.2))
+        assert info["event_filter_us"] == pytest.approx(max(3000.0, 0.03 * span * 1e6))
+        kept.append(info["n_events"] / len(job.events))
+    assert kept[0] > 0.8 and abs(kept[1] - kept[0]) < 0.01, kept
+    _, info = run_pipeline_with_info(job, PipelineConfig(threshold=0.2, event_filter_sweep_fraction=0))
+    assert info["n_events"] / len(job.events) < kept[1] - 0.2  # a fixed 3 ms would drop many
+
+
+def test_noise_rate_estimate_follows_the_filter():
+    """Noise events that survive the isolated-event filter: none when nothing was removed,
+    growing with what was removed, and the model's fixed point (survivors = raw x chance of a
+    neighbour) holds."""
+    assert estimate_noise_rate(0, 1000, 0.1, 3000) == 0.0
+    rates = [estimate_noise_rate(n, 65536, 0.1, 3000) for n in (1000, 10000, 20000)]
+    assert 0 < rates[0] < rates[1] < rates[2]
+    removed = 20000 / (65536 * 0.1)
+    raw = removed + rates[2]
+    assert rates[2] == pytest.approx(raw * (1 - np.exp(-27 * 3e-3 * raw)), rel=1e-6)
+    # noise too dense for the filter to thin: capped, not divergent
+    assert np.isfinite(estimate_noise_rate(10**7, 65536, 0.1, 3000))
 
 
 def test_colour_lines_recover_pure_colours_at_a_sharp_edge():

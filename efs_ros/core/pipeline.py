@@ -75,6 +75,9 @@ class PipelineConfig:
     event_filter_us: float = 3000.0
     """Drop events with no neighbour (3 x 3 pixels, about +-this many us) before refocusing; 0
     keeps every event. Shot-noise and leak events are isolated; edges fire in bursts."""
+    event_filter_sweep_fraction: float = 0.03
+    """The filter's window is at least this fraction of the sweep: defocus events spread in time
+    with the sweep's duration (3 ms of a 0.1 s sweep, 15 ms of a 0.5 s one); 0 = fixed window."""
     threshold_probe_times: int = 32
     """Times of the first, coarse refocus map that the threshold estimate relies on."""
     n_uniform: int = 64
@@ -130,6 +133,15 @@ def validate_job(job: SweepJob) -> None:
                        f"{ft.shape} and {fd.shape}")
     if not np.all(np.diff(ft) > 0):
         raise JobError("focus_t must be strictly increasing")
+
+
+def event_filter_window_us(config: PipelineConfig, job: SweepJob) -> float:
+    """The isolated-event filter's window for a job: event_filter_us, or the sweep fraction
+    when longer; 0 when the filter is off."""
+    if config.event_filter_us <= 0:
+        return 0.0
+    t0, t1 = job.sweep_span_s
+    return max(float(config.event_filter_us), config.event_filter_sweep_fraction * (t1 - t0) * 1e6)
 
 
 def _ms(t0: float) -> float:
@@ -189,8 +201,9 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
     t = time.perf_counter()
     events = job.events
     n_removed = 0
-    if config.event_filter_us > 0 and len(events):
-        events = events[~isolated_event_mask(events, h, w, config.event_filter_us)]
+    filter_us = event_filter_window_us(config, job)
+    if filter_us > 0 and len(events):
+        events = events[~isolated_event_mask(events, h, w, filter_us)]
         n_removed = len(job.events) - len(events)
     timings["filter"] = _ms(t)
     t = time.perf_counter()
@@ -212,9 +225,9 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
     else:
         threshold = float(config.threshold)
     noise_rate = 0.0
-    if config.noise_aware and config.event_filter_us > 0:
+    if config.noise_aware and filter_us > 0:
         span = stack.span_s
-        noise_rate = estimate_noise_rate(n_removed, h * w, span[1] - span[0], config.event_filter_us)
+        noise_rate = estimate_noise_rate(n_removed, h * w, span[1] - span[0], filter_us)
     refocuser = Refocuser(frame, stack, threshold, config.response, config.colour,
                           noise_rate_hz=noise_rate)
     timings["threshold"] = _ms(t)
@@ -273,6 +286,6 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
                          refocus_map=sel.refocus_map.astype(np.float32), depth=depth,
                          confidence=sel.confidence.astype(np.float32), timings_ms=timings)
     info = {"threshold": threshold, "threshold_estimated": estimated, "noise_rate_hz": noise_rate,
-            "times_s": times,
+            "event_filter_us": filter_us, "times_s": times,
             "n_events": stack.n_events, "patch_times_s": sel.patch_times_s}
     return result, info

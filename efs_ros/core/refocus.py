@@ -442,7 +442,7 @@ def _smoothed_gradients(x: np.ndarray, sigma: float) -> tuple[np.ndarray, np.nda
 def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, refocus_map_s: np.ndarray,
                        weight: np.ndarray | None = None, smooth: float = 0.0, min_ratio: float = 4.0,
                        erode: int = 4, c_range: tuple[float, float] = (0.05, 0.4),
-                       fallback: float = DEFAULT_THRESHOLD, min_pixels: int = 200,
+                       fallback: float = DEFAULT_THRESHOLD, min_pixels: int | None = None,
                        relaxed_ratio: float = 2.0) -> tuple[float, bool]:
     """Contrast threshold c from one frame and its sweep: the c that makes defocus look like
     defocus.
@@ -453,7 +453,8 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
     image, close to zero. With c too small the frame's edges remain, with c too large they come
     back inverted, so c = argmin |grad(y0 + c S_end)|^2 = -<grad y0, grad S> / |grad S|^2 over
     those pixels (eroded, so light from nearer surfaces does not leak in). When fewer than
-    `min_pixels` qualify, the ratio is relaxed to `relaxed_ratio`.
+    `min_pixels` qualify (default 0.3 % of the image, at least 40), the ratio is relaxed to
+    `relaxed_ratio`.
 
     Two biases pull on this fit, and the defaults balance them. The end image is blurrier, not
     flat: it keeps a fraction b of the frame's gradients (about frame blur / end blur at an
@@ -469,6 +470,8 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
     c_range (DVS thresholds are set well inside it in practice; a fit beyond it means the
     events lag or lose most of the change, and refocusing with it would mostly amplify noise).
     """
+    if min_pixels is None:
+        min_pixels = max(40, int(0.003 * stack.height * stack.width))
     t0, t1 = stack.span_s
     ends = np.array([t0, t1])
     v_ends = np.asarray(vergence_at(ends), dtype=np.float64)
@@ -503,24 +506,30 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
     return float(max(c, c_range[0])), True
 
 
-def estimate_noise_rate(n_removed: int, n_pixels: int, duration_s: float, window_us: float,
-                        iterations: int = 20) -> float:
+def estimate_noise_rate(n_removed: int, n_pixels: int, duration_s: float, window_us: float) -> float:
     """Noise events per pixel and second that survive isolated_event_mask with this window.
 
     Noise events (shot, leak) are independent in space and time, so one survives the filter
     only when another happens to land in its 3 x 3 neighbourhood within the window: with a raw
-    rate r that is 1 - exp(-k r W) of them (k = 27 for the filter's binning: 9 pixels, about
-    3 W of time). The filter removed n_removed events; taking them all as noise,
-    r = removed rate + surviving rate is solved by fixed-point iteration. On a clean sensor the
+    rate r, a share 1 - exp(-k r) with k = 27 W (9 pixels, about 3 W of time for the filter's
+    binning), and r exp(-k r) per pixel and second are removed. Taking the n_removed events
+    as all noise, r solves r exp(-k r) = removed rate on [0, 1/k] (bisection; beyond 1/k noise
+    is too dense for the filter to thin, and r = 1/k is returned). On a clean sensor the
     removed events are sparse real ones at a low rate, and so is the surviving rate found."""
     if n_pixels <= 0 or duration_s <= 0 or window_us <= 0 or n_removed <= 0:
         return 0.0
     removed = n_removed / (n_pixels * duration_s)
-    k_w = 27.0 * window_us * 1e-6
-    raw = removed
-    for _ in range(iterations):
-        raw = removed / max(np.exp(-k_w * raw), 1e-3)
-    return float(raw - removed)
+    k = 27.0 * window_us * 1e-6
+    lo, hi = removed, 1.0 / k
+    if hi * np.exp(-k * hi) <= removed:
+        return float(hi - removed) if hi > removed else float(removed)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if mid * np.exp(-k * mid) < removed:
+            lo = mid
+        else:
+            hi = mid
+    return float(0.5 * (lo + hi) - removed)
 
 
 def isolated_event_mask(events: np.ndarray, height: int, width: int, window_us: float = 3000.0
