@@ -34,16 +34,27 @@ def focus_weights(focus: np.ndarray, power: float = 4.0) -> np.ndarray:
 
 def merge_focus(refocuser: Refocuser, lums: np.ndarray, focus: np.ndarray | None = None,
                 power: float = 4.0, window: int = 9, presmooth: float = 1.0,
-                counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                counts: np.ndarray | None = None, shrink_window: int = 0,
+                times_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Focus-measure merge of the refocused [K, H, W] luminances (with their signed event
     counts, the focus measure discounts event quantisation noise).
 
+    With `shrink_window` > 1 the merged change from the frame is shrunk as in
+    merge_refocus_map, its noise taken at the weighted mean distance from the frame
+    (`times_s`, the K times).
     Returns (all-in-focus image in the frame's layout, [K, H, W] weights)."""
     if focus is None:
         noise = refocuser.noise_variance(counts, lums) if counts is not None else None
         focus = focus_measure(lums, window, presmooth, noise)
     w = focus_weights(focus, power)
     merged = np.einsum("khw,khw->hw", w, lums, optimize=True)
+    if shrink_window > 1 and refocuser.threshold > 0:
+        response, c = refocuser.response, np.float32(refocuser.threshold)
+        change = (response.forward(merged) - refocuser.log0) / c
+        dist = np.zeros_like(merged) if times_s is None else \
+            np.einsum("khw,k->hw", w, np.abs(np.asarray(times_s, np.float32)))
+        change = wiener_shrink(change, refocuser.count_noise_variance(change, dist), shrink_window)
+        merged = np.clip(response.inverse(refocuser.log0 + c * change), 0.0, 1.0)
     return refocuser.colour(merged), w
 
 

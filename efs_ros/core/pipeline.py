@@ -96,8 +96,8 @@ class PipelineConfig:
     merge_net: MergeNet | None = None
     net_event_bins: int = 64
     shrink_window: int = 7
-    """Refocus-map merge: window of the local Wiener shrinkage of each pixel's change from the
-    frame against the events' noise (merge.wiener_shrink); 0 = off."""
+    """Refocus-map and focus merges: window of the local Wiener shrinkage of each pixel's change
+    from the frame against the events' noise (merge.wiener_shrink); 0 = off."""
     noise_aware: bool = True
     """Estimate the rate of noise events that pass the event filter (refocus.estimate_noise_rate)
     and discount the error they add far from the frame (focus measure, shrinkage)."""
@@ -274,7 +274,8 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
             else:
                 focus = sel.focus if sel.lums is not None else None
                 aif, _ = merge_focus(refocuser, lums, focus, config.focus_power,
-                                     config.focus_window, config.focus_presmooth, counts)
+                                     config.focus_window, config.focus_presmooth, counts,
+                                     config.shrink_window, times)
         timings["merge"] = _ms(t)
 
     t = time.perf_counter()
