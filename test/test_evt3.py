@@ -582,7 +582,7 @@ def test_compiled_kernel_releases_the_gil():
     pytest.importorskip("numba")
     from efs_ros.core import _evt3_kernel as kernel
 
-    for name in ("scan_words", "decode", "_general", "_fast"):
+    for name in ("scan_words", "decode", "decode_into", "_general", "_fast", "encode"):
         assert getattr(kernel, name).targetoptions.get("nogil") is True, name
 
 
@@ -703,7 +703,8 @@ def test_backends_agree_on_random_streams(seed, kind, n_words, size, max_jitter,
 def test_backends_agree_per_block_faults(monkeypatch, block_words):
     """Faults are counted per kind and block: both backends cut blocks at the same words."""
     rng = np.random.default_rng(block_words)
-    data = _random_stream(rng, "mutated", 30_000) + _random_stream(rng, "soup", 4000)
+    data = _random_stream(rng, "mutated", 400_000) + _random_stream(rng, "soup", 4000)
+    assert len(data) // 2 > codec._LARGE_WORDS  # outputs allocated by numpy, not in the kernel
     monkeypatch.setattr(codec, "BLOCK_WORDS", block_words)
     for strict in (False, True):
         outcomes = assert_backends_agree(data, [len(data) // 3], strict=strict, width=1000, height=700)

@@ -49,11 +49,13 @@ from efs_ros.core.evt3 import (
     FR_WORD,
     IO_CUT_EVENTS,
     IO_CUT_TRIGGERS,
+    IO_EVENTS,
     IO_FAULTS,
     IO_JITTER,
     IO_MAX_JITTER,
     IO_REGS,
     IO_RESERVED,
+    IO_TRIGGERS,
     IO_WORDS_DONE,
     IO_X_LIMIT,
     IO_Y_LIMIT,
@@ -267,7 +269,8 @@ def scan_words(words, block_words, info):
     return n_events, n_triggers
 
 
-def info_rows(n_words: int, block_words: int) -> int:
+@njit(cache=True, nogil=True)
+def info_rows(n_words, block_words):
     """Number of sub-blocks `scan_words` describes."""
     full, rest = divmod(n_words, block_words)
     return full * -(-block_words // SUB_WORDS) + -(-rest // SUB_WORDS)
@@ -548,24 +551,41 @@ being counted."""
 
 @njit(cache=True, nogil=True)
 def decode(words, io, faults, scratch, block_words, strict):
-    """Decode `words` (uint16) from the registers in io[IO_REGS:]; returns the events, triggers
-    and whether there is anything to report (faults, reserved words, jitter): the counters in
-    io[IO_FAULTS:] and fault records in `faults`. The registers are
-    updated, unless strict mode met a fault (the decoder stays as it was).
+    """Decode `words` (uint16) from the registers in io[IO_REGS:] (see decode_into); returns the
+    events, the triggers and whether there is anything to report.
 
-    Words go in blocks of `block_words` (all of them if fewer than 1.5 blocks); faults are counted
-    per kind and block (count and first occurrence) like the numpy decoder does, `faults` has
-    N_FAULT_KINDS rows per block. In strict mode decoding stops after the first block with a
-    fault, and io[IO_CUT_*] say how many events / triggers precede the first faulty word.
+    Words go in blocks of `block_words`, all of them if fewer than 1.5 blocks (`faults` needs
+    N_FAULT_KINDS rows per block). The outputs are allocated here, which saves calls on small
+    packets; large ones are better allocated by numpy (huge pages) and given to decode_into.
     """
-    n = words.size
-    if n <= block_words + block_words // 2:
-        block_words = max(n, 1)
-    full, rest = divmod(n, block_words)
-    info = np.empty((full * -(-block_words // SUB_WORDS) + -(-rest // SUB_WORDS), N_INFO), np.int64)
+    block_words = effective_block_words(words.size, block_words)
+    info = np.empty((info_rows(words.size, block_words), N_INFO), np.int64)
     n_events, n_triggers = scan_words(words, block_words, info)
     events = np.empty(n_events + SPARE_EVENTS, EVENT_DTYPE)
     triggers = np.empty(n_triggers, TRIGGER_DTYPE)
+    report = decode_into(words, io, faults, scratch, block_words, strict, info, events, triggers)
+    return events[:io[IO_EVENTS]], triggers[:io[IO_TRIGGERS]], report
+
+
+@njit(cache=True, nogil=True)
+def effective_block_words(n_words, block_words):
+    """Blocks of block_words, or one block if there are fewer than 1.5 of them."""
+    return max(n_words, 1) if n_words <= block_words + block_words // 2 else block_words
+
+
+@njit(cache=True, nogil=True)
+def decode_into(words, io, faults, scratch, block_words, strict, info, events, triggers):
+    """Decode `words` in blocks of `block_words` (effective_block_words) from the registers in
+    io[IO_REGS:], into `events` (SPARE_EVENTS more than scan_words counted) and `triggers`, with
+    `info` from scan_words. Leaves the counters in io[IO_EVENTS:] and fault records in `faults`;
+    returns whether there is anything to report (faults, reserved words, jitter). The registers
+    are updated, unless strict mode met a fault (the decoder stays as it was).
+
+    Faults are counted per kind and block (count and first occurrence) like the numpy decoder
+    does. In strict mode decoding stops after the first block with a fault, and io[IO_CUT_*] say
+    how many events / triggers precede the first faulty word.
+    """
+    n = words.size
     contexts = scratch[:SUB_WORDS + 1]
     increments = scratch[SUB_WORDS + 1:2 * SUB_WORDS + 2]
     st = scratch[2 * SUB_WORDS + 2:2 * SUB_WORDS + 2 + N_STATE]
@@ -634,8 +654,9 @@ def decode(words, io, faults, scratch, block_words, strict):
     io[IO_JITTER] = st[S_JITTER]
     io[IO_CUT_EVENTS] = st[S_CUT_EVENTS]
     io[IO_CUT_TRIGGERS] = st[S_CUT_TRIGGERS]
-    return (events[:st[S_EVENTS]], triggers[:st[S_TRIGGERS]],
-            n_faults + st[S_RESERVED] + st[S_JITTER] > 0)
+    io[IO_EVENTS] = st[S_EVENTS]
+    io[IO_TRIGGERS] = st[S_TRIGGERS]
+    return n_faults + st[S_RESERVED] + st[S_JITTER] > 0
 
 
 # ---------------------------------------------------------------------------------------------

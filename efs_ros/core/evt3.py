@@ -135,7 +135,12 @@ N_FAULT_KINDS = 5
 IO_REGS, N_REGS = 0, 8
 IO_X_LIMIT, IO_Y_LIMIT, IO_MAX_JITTER = 8, 9, 10
 IO_FAULTS, IO_RESERVED, IO_JITTER, IO_WORDS_DONE, IO_CUT_EVENTS, IO_CUT_TRIGGERS = range(11, 17)
-IO_SIZE = 17
+IO_EVENTS, IO_TRIGGERS = 17, 18
+IO_SIZE = 19
+_LARGE_WORDS = 1 << 17
+"""From this many words (events upwards of a few MB) the outputs are allocated by numpy, which
+asks for huge pages: a fresh output of tens of MB otherwise costs more in page faults than in
+decoding."""
 # Columns of the kernel's fault records (one per kind and block with such faults): the first
 # faulty word's type and value, and (backwards) previous and new time or (range) x and y.
 FR_BLOCK, FR_KIND, FR_WORD, FR_COUNT, FR_TYPE, FR_VALUE, FR_A, FR_B = range(8)
@@ -276,12 +281,24 @@ class Evt3Decoder:
             fault_records = self._fault_records
         else:
             fault_records = np.empty((-(-n_words // block_words) * N_FAULT_KINDS, N_FAULT_COLS), np.int64)
-        events, triggers, anything_to_report = self._kernel.decode(
-            words, self._io, fault_records, self._scratch, block_words, strict)
+        kernel = self._kernel
+        if n_words < _LARGE_WORDS:
+            events, triggers, anything_to_report = kernel.decode(
+                words, self._io, fault_records, self._scratch, block_words, strict)
+        else:
+            block_words = kernel.effective_block_words(n_words, block_words)
+            info = np.empty((kernel.info_rows(n_words, block_words), kernel.N_INFO), np.int64)
+            n_events, n_triggers = kernel.scan_words(words, block_words, info)
+            events = np.empty(n_events + kernel.SPARE_EVENTS, EVENT_DTYPE)
+            triggers = np.empty(n_triggers, TRIGGER_DTYPE)
+            anything_to_report = kernel.decode_into(
+                words, self._io, fault_records, self._scratch, block_words, strict, info, events, triggers)
+            events = events[:self._io[IO_EVENTS]]
+            triggers = triggers[:self._io[IO_TRIGGERS]]
         if not anything_to_report:
             return DecodedChunk(events, triggers, [], n_words, {})
         n_faults, n_reserved, n_jitter, words_done, cut_events, cut_triggers = \
-            self._io[IO_FAULTS:IO_SIZE].tolist()
+            self._io[IO_FAULTS:IO_CUT_TRIGGERS + 1].tolist()
         stats = {}
         if n_reserved:
             stats["reserved_0x9"] = n_reserved
