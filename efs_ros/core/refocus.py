@@ -298,6 +298,7 @@ class LinLogResponse:
 DEFAULT_RESPONSE = LinLogResponse()
 """The sensors we simulate (v2e) and most DVS pixels: log above a dark linear segment."""
 
+QUANT_VAR = 1.0 / 6.0
 COLOUR_FLOOR = 1.0 / 255.0
 """Floor of the luminance ratio that recolours refocused luminance (keeps dark pixels stable)."""
 
@@ -406,7 +407,7 @@ class Refocuser:
 
     def count_noise_variance(self, counts: np.ndarray, time_map_s: np.ndarray) -> np.ndarray:
         """noise_variance in units of thresholds^2 (log domain / c^2) for per-pixel times."""
-        var = np.where(counts != 0, np.float32(1.0 / 6.0), np.float32(0.0))
+        var = np.where(counts != 0, np.float32(QUANT_VAR), np.float32(0.0))
         if self.noise_rate_hz > 0:
             var = var + np.float32(self.noise_rate_hz) * np.abs(np.asarray(time_map_s, np.float32))
         return var
