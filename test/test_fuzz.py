@@ -400,7 +400,11 @@ def fuzz_messages(rng, real, synthetic, n: int, base_ns: int = 1_700_000_000_000
             big = True
         elif r < 0.02:
             width = 0
-        if i % 250 == 249:
+        if i % 250 == 248:  # garbage (odd lengths too), then a clean packet
+            packet, kind = rng.integers(0, 256, int(rng.integers(1, 3000)), np.uint8).tobytes(), \
+                "garbage"
+            width, height, encoding, big = *REAL_SIZE, "evt3", False
+        elif i % 250 == 249:
             data, ev, _ = clean_packet(rng, *REAL_SIZE, t0=int(rng.integers(0, WRAP - 4000)))
             out.append((stamp, *REAL_SIZE, "evt3", data, seq, False, "after_garbage", ev.size))
             continue

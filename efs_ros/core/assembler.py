@@ -82,8 +82,6 @@ class _Frame:
     stamp_ns: int
     pixels: np.ndarray
     encoding: str
-    saturated: float = 0.0
-    """Share of pixels with a channel at full scale (255, or 1.0 for float frames)."""
 
 
 def saturated_fraction(image: np.ndarray) -> float:
@@ -109,6 +107,8 @@ class JobAssembler:
         self.skipped_by_reason: dict[str, int] = {}
         """Jobs skipped, by short reason code (see _make_job)."""
         self.last_skip = ""
+        self.last_saturated_fraction = 0.0
+        """Of the latest frame that reached a job (reported; above the limit it is skipped)."""
         self.last_violation = ""
         """The latest message rejected for breaking the CONTRACT (offline eval stops on it)."""
         self._width = self.config.width
@@ -314,7 +314,7 @@ class JobAssembler:
         self._counters["frames"] += 1
         self._last_frame_stamp = stamp_ns
         self._sync.add_frame(stamp_ns)
-        self._frames.append(_Frame(stamp_ns, image.copy(), encoding, saturated_fraction(image)))
+        self._frames.append(_Frame(stamp_ns, image.copy(), encoding))
         while len(self._frames) > self.config.max_pending_frames:
             self._frames.popleft()
             self._counters["frames_dropped"] += 1
@@ -425,8 +425,10 @@ class JobAssembler:
         focus_t_ns, focus_dpt = self._tracker.focus_between(sweep.start_ns, sweep.end_ns)
         if focus_t_ns.size < 2:
             return None, ("few_lens_samples", "fewer than two lens samples in its sweep")
-        if frame.saturated > self.config.max_saturated_fraction:
-            return None, ("saturated", f"frame saturated ({frame.saturated:.0%} of its pixels at "
+        saturated = saturated_fraction(frame.pixels)  # only for frames that make a job
+        self.last_saturated_fraction = saturated
+        if saturated > self.config.max_saturated_fraction:
+            return None, ("saturated", f"frame saturated ({saturated:.0%} of its pixels at "
                                        "full scale): no evidence of the scene there")
         n_pixels = frame.pixels.shape[0] * frame.pixels.shape[1]
         min_events = max(1, int(np.ceil(self.config.min_events_per_pixel * n_pixels)))
@@ -541,7 +543,7 @@ class JobAssembler:
             "last_skip": self.last_skip,
             "skipped_by_reason": ", ".join(f"{k} {v}" for k, v in
                                            sorted(self.skipped_by_reason.items())),
-            "frame_saturated_fraction": self._frames[-1].saturated if self._frames else 0.0,
+            "frame_saturated_fraction": self.last_saturated_fraction,
         })
         out.update(self._sync.summary())
         return out
