@@ -23,8 +23,8 @@ QUEUE_DEPTH = 1000
 PACKET_BYTES = 32_768
 NORMAL_RATE = 300_000.0
 FLOOD_S = 60.0
-PROBE_RATE = 400e6
-"""Offered while measuring capacity: far above what the node (or the publisher) manages."""
+PROBE_RATES = (50e6, 100e6, 200e6)
+"""Offered while measuring capacity, 2 s each: up to far above what the node manages."""
 
 
 def rss_mb(pid: int) -> float:
@@ -78,14 +78,20 @@ def test_flood_at_twice_capacity_is_bounded_counted_and_survived(loaded_node):
     node, watch, log = loaded_node
     assert watch.wait(lambda v: True, 60), log.read_text()[-2000:]
 
-    # 1. capacity: offer far more than the node takes, for a few seconds
-    probe = start_publisher(["0:1", f"{PROBE_RATE:.0f}:3"], WIDTH, HEIGHT, lens=False,
-                            packet_bytes=PACKET_BYTES)
-    marks = [(time.monotonic(), json.loads(line)) for line in probe.stdout]
+    # 1. capacity: offered rates up to far beyond it (the publisher shares the CPUs, so the
+    # highest offer is not where the node gets the most); the best phase's median of the
+    # node's own events_per_s
+    probe = start_publisher(["0:1", *(f"{r:.0f}:2" for r in PROBE_RATES)], WIDTH, HEIGHT,
+                            lens=False, packet_bytes=PACKET_BYTES)
+    marks = [json.loads(line) for line in probe.stdout]
     assert probe.wait(30) == 0, probe.stderr.read()
-    (t_start, _), (t_end, sent) = marks
-    capacity = sustained_rate(watch.between(t_start + 1.0, t_end + 0.5))
-    sent_rate = sent["sent_events"] / sent["wall_s"]
+    capacity, sent_rate = 0.0, 0.0
+    for sent in marks[1:]:
+        rates = sorted(float(v["events_per_s"]) for _, v in watch.between(
+            sent["start_monotonic"] + 0.8, sent["end_monotonic"] + 0.6))
+        if rates and rates[len(rates) // 2] > capacity:
+            capacity = rates[len(rates) // 2]
+            sent_rate = sent["sent_events"] / sent["wall_s"]
     assert capacity > 0
     flood_rate = 2 * capacity
 
@@ -93,7 +99,6 @@ def test_flood_at_twice_capacity_is_bounded_counted_and_survived(loaded_node):
     time.sleep(1.0)
     phases = [f"{NORMAL_RATE:.0f}:5", f"{flood_rate:.0f}:{FLOOD_S:.0f}", f"{NORMAL_RATE:.0f}:10"]
     publisher = start_publisher(phases, WIDTH, HEIGHT, lens=True, packet_bytes=PACKET_BYTES)
-    started = time.monotonic()
     rss, child_rss, phase_ends = [], [], []
     while publisher.poll() is None:
         rss.append((time.monotonic(), rss_mb(node.pid)))
@@ -103,17 +108,17 @@ def test_flood_at_twice_capacity_is_bounded_counted_and_survived(loaded_node):
         phase_ends.append(json.loads(line))
     assert publisher.returncode == 0, publisher.stderr.read()
     assert node.poll() is None, log.read_text()[-2000:]
-    normal_end = started + phase_ends[0]["wall_s"]
-    flood_end = normal_end + phase_ends[1]["wall_s"]
+    started, normal_end = phase_ends[0]["start_monotonic"], phase_ends[0]["end_monotonic"]
+    flood_end = phase_ends[1]["end_monotonic"]
     flood_sent = phase_ends[1]["sent_events"] / phase_ends[1]["wall_s"]
 
     before = watch.between(started, normal_end)
     during = watch.between(normal_end + 1, flood_end)
     after = watch.between(flood_end + 2, time.monotonic())
-    rss_rest = max(r for t, r in rss if t < normal_end)
+    rss_rest = max(r for t, r in rss if started <= t < normal_end)
     rss_flood = max(r for t, r in rss if normal_end <= t <= flood_end + 2)
     cap = memory_cap_mb(rss_rest)
-    print(f"\nload: capacity {capacity / 1e6:.1f} M ev/s (probe sent {sent_rate / 1e6:.1f}); "
+    print(f"\nload: capacity {capacity / 1e6:.1f} M ev/s (offered {sent_rate / 1e6:.1f}); "
           f"flood offered {flood_rate / 1e6:.1f}, sent {flood_sent / 1e6:.1f} M ev/s for "
           f"{phase_ends[1]['wall_s']:.0f} s; node decoded "
           f"{sustained_rate(during) / 1e6:.1f} M ev/s; RSS {rss_rest:.0f} MB at rest, "
@@ -133,7 +138,8 @@ def test_flood_at_twice_capacity_is_bounded_counted_and_survived(loaded_node):
     assert any("event buffer" in v["message"] or "skipped" in v["message"] for _, v in during)
     # normal output before and after: jobs published once the flood is over
     done_before = int(before[-1][1]["jobs_done"]) if before else 0
-    assert done_before > 0, before[-1][1] if before else log.read_text()[-2000:]
+    assert done_before > 0, [(round(t - started, 1), v["jobs_done"], v["jobs_skipped_by_reason"],
+                              v["message"]) for t, v in before] or log.read_text()[-2000:]
     assert after and int(after[-1][1]["jobs_done"]) > int(during[-1][1]["jobs_done"]), \
         (after[-1][1] if after else None)
     resumed = next(t for t, v in after if int(v["jobs_done"]) > int(during[-1][1]["jobs_done"]))

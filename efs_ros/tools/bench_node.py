@@ -114,7 +114,8 @@ def parse_phase(text: str) -> Phase:
 def run_publisher(phases: list[Phase], width: int, height: int, lens: bool,
                   frame_rate_hz: float, packet_bytes: int, report=None) -> list[Phase]:
     """Publish the phases one after the other (events; with `lens` also a 200 Hz triangle
-    focus sweep and frames), pacing sensor time to ROS time."""
+    focus sweep and frames), pacing sensor time to ROS time. One JSON line per phase when it
+    ends: what was sent, and its start and end on CLOCK_MONOTONIC (shared by all processes)."""
     import rclpy
     from event_camera_msgs.msg import EventPacket
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -183,7 +184,8 @@ def run_publisher(phases: list[Phase], width: int, height: int, lens: bool,
                                "sent_events": phase.sent_events,
                                "sent_packets": phase.sent_packets,
                                "skipped_slots": phase.skipped_slots,
-                               "wall_s": round(phase.wall_s, 3), "last_seq": seq - 1}))
+                               "wall_s": round(phase.wall_s, 3), "last_seq": seq - 1,
+                               "start_monotonic": start, "end_monotonic": start + phase.wall_s}))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -387,15 +389,13 @@ def live_throughput(rates_m: list[float], seconds: float, width: int = 1280, hei
             raise RuntimeError(f"no diagnostics from the node (log: {tmp / 'node.log'})")
         phases = [f"{r * 1e6:.0f}:{seconds}" for r in rates_m]
         publisher = start_publisher(["0:1.0", *phases], width, height, lens=False, env=env)
-        marks = []
-        for line in publisher.stdout:
-            marks.append((time.monotonic(), json.loads(line)))
+        marks = [json.loads(line) for line in publisher.stdout]
         publisher.wait(timeout=30)
         if publisher.returncode:
             raise RuntimeError(f"publisher failed: {publisher.stderr.read()[-500:]}")
         time.sleep(1.5)
-        for (t_end, info), (t_prev, _) in zip(marks[1:], marks[:-1], strict=True):
-            window = watch.between(t_prev + 1.0, t_end + 0.5)  # skip the ramp-up second
+        for info in marks[1:]:  # skip each phase's first second (ramp-up, queue filling)
+            window = watch.between(info["start_monotonic"] + 1.0, info["end_monotonic"] + 0.5)
             rate = sustained_rate(window)
             lost = sustained_rate(window, "packets_lost") * info["wall_s"]
             received = sustained_rate(window, "events_received") * info["wall_s"]
