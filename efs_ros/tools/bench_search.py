@@ -180,7 +180,8 @@ def _nets_line(backend, report) -> None:
     from efs_ros.nets.checkpoint import default_models_dir
 
     report(f"   nets: shipped weights in {default_models_dir()} through efs_ros.infer "
-           f"({backend.name}); the literal loop runs the refocus net on the full image per probe")
+           f"({backend.name}, 1 thread); the literal loop runs the refocus net on the full image "
+           "per probe")
 
 
 def run(quick: bool = False, report=print, n: int | None = None, size: int | None = None
@@ -194,7 +195,14 @@ def run(quick: bool = False, report=print, n: int | None = None, size: int | Non
     if quick:
         jobs = jobs[:1]
     backend = open_nets(report)
+    threads = None
     if backend is not None:
+        import torch
+
+        # one thread: on a shared 2-core machine two OpenMP threads wait on each other and a
+        # pass swings from 12 ms to 350 ms; one thread is slower but steady (both sides alike)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         _nets_line(backend, report)
         warm(backend, size)
     net_kw = {} if backend is None else {"refocus_net": backend.refocus,
@@ -248,6 +256,9 @@ def run(quick: bool = False, report=print, n: int | None = None, size: int | Non
                f"best ours {best_ours['psnr']:.2f})")
     if backend is not None:
         backend.close()
+        import torch
+
+        torch.set_num_threads(threads)
     return rows
 
 
