@@ -502,6 +502,7 @@ def evaluate(backend, cfg: TrainConfig, n_jobs: int | None = None, progress: boo
     methods = {
         "input frame": None,
         "classical (dense, focus merge)": PipelineConfig(),
+        "classical (dense, refocus-map merge)": PipelineConfig(merge="refocus_map"),
         "learned refocus + focus merge": PipelineConfig(dense_times=cfg.eval_slices,
                                                         refocus_net=backend.refocus),
         "learned refocus + learned merge": PipelineConfig(dense_times=cfg.eval_slices,
