@@ -97,13 +97,21 @@ def _outputs(listener) -> dict:
 
 def test_live_outputs_are_sharper_than_the_input_frames(graph):
     procs, listener = graph
-    assert listener.wait_until(lambda: len(_outputs(listener)) >= 8, 90), \
+    def heard():
+        """Outputs whose input frame and truth the listener also received (it may join late)."""
+        frames = {s: px for s, px, *_ in listener.items("/camera/image_raw") if px is not None}
+        truth = {s: px for s, px, *_ in listener.items("/ground_truth/all_in_focus")}
+        outputs = {s: px for s, px in _outputs(listener).items() if s in truth}
+        return frames, truth, outputs
+
+    assert listener.wait_until(lambda: len(heard()[2]) >= 8, 90), \
         "\n".join(p.log(15) for p in procs)
-    frames = {s: px for s, px, *_ in listener.items("/camera/image_raw") if px is not None}
-    truth = {s: px for s, px, *_ in listener.items("/ground_truth/all_in_focus")}
+    frames, truth, outputs = heard()
     depth = {s: px for s, px, *_ in listener.items("/efs/depth")}
+    first_frame = min(frames)
+    assert all(s in frames for s in _outputs(listener) if s >= first_frame), "output without a frame"
     scores = []
-    for stamp, out in _outputs(listener).items():
+    for stamp, out in outputs.items():
         # same size, encoding and stamp as the input frame it was made from
         assert stamp in frames and out.shape == frames[stamp].shape == (72, 96, 3)
         gt = truth[stamp] / 255.0
