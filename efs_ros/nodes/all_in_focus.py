@@ -73,11 +73,14 @@ from efs_ros.nodes.common import (
     DIAG_ERROR,
     DIAG_OK,
     DIAG_WARN,
+    check_parameter_change,
+    coerce_numeric_overrides,
     diagnostic_array,
     diagnostic_status,
     float_param,
     int_param,
     qos,
+    read_settings,
     text_param,
 )
 from efs_ros.nodes.convert import as_uint8, joint_state_focus, stamp_to_ns, uint8_array
@@ -425,27 +428,13 @@ class AllInFocusNode(Node):
 
     # --- parameters ----------------------------------------------------------------------------
     def _coerce_numeric_overrides(self) -> None:
-        """Accept `-p threshold:=1` or YAML `1` for a double parameter (ROS rejects the int)."""
-        overrides = getattr(self, "_parameter_overrides", None)
-        if not isinstance(overrides, dict):
-            return
-        for f in fields(NodeSettings):
-            p = overrides.get(f.name)
-            if f.type == "float" and p is not None and p.type_ == Parameter.Type.INTEGER:
-                overrides[f.name] = Parameter(f.name, Parameter.Type.DOUBLE, float(p.value))
+        coerce_numeric_overrides(self, NodeSettings)
 
     def _read_settings(self, changes=()) -> NodeSettings:
-        values = {f.name: self.get_parameter(f.name).value for f in fields(NodeSettings)}
-        values.update({p.name: p.value for p in changes if p.name in values})
-        return NodeSettings(**values)
+        return read_settings(self, NodeSettings, changes)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        try:
-            candidate = self._read_settings(params)
-        except TypeError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        reason = validate_settings(candidate)
-        return SetParametersResult(successful=reason is None, reason=reason or "")
+        return check_parameter_change(self, NodeSettings, validate_settings, params)
 
     def _after_set_parameters(self, params: list[Parameter]) -> None:
         new = self._read_settings()

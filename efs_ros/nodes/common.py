@@ -78,3 +78,40 @@ def stamp_to_ns(stamp: TimeMsg) -> int:
 
 def time_to_ns(t: Time) -> int:
     return int(t.nanoseconds)
+
+
+# --- settings dataclasses as ROS parameters (shared by every node) ------------------------------
+def coerce_numeric_overrides(node, settings_cls) -> None:
+    """Accept `-p x:=1` or YAML `1` for a double parameter (ROS would reject the int)."""
+    from dataclasses import fields
+
+    from rclpy.parameter import Parameter
+
+    overrides = getattr(node, "_parameter_overrides", None)
+    if not isinstance(overrides, dict):
+        return
+    for f in fields(settings_cls):
+        p = overrides.get(f.name)
+        if f.type == "float" and p is not None and p.type_ == Parameter.Type.INTEGER:
+            overrides[f.name] = Parameter(f.name, Parameter.Type.DOUBLE, float(p.value))
+
+
+def read_settings(node, settings_cls, changes=()):
+    """The node's current parameters as a settings dataclass, with pending changes applied."""
+    from dataclasses import fields
+
+    values = {f.name: node.get_parameter(f.name).value for f in fields(settings_cls)}
+    values.update({p.name: p.value for p in changes if p.name in values})
+    return settings_cls(**values)
+
+
+def check_parameter_change(node, settings_cls, validate, params):
+    """A set-parameters callback's answer: the candidate settings must build and validate."""
+    from rcl_interfaces.msg import SetParametersResult
+
+    try:
+        candidate = read_settings(node, settings_cls, params)
+    except TypeError as exc:
+        return SetParametersResult(successful=False, reason=str(exc))
+    reason = validate(candidate)
+    return SetParametersResult(successful=reason is None, reason=reason or "")

@@ -34,10 +34,13 @@ from efs_ros.nodes.common import (
     DIAG_ERROR,
     DIAG_OK,
     DIAG_WARN,
+    check_parameter_change,
+    coerce_numeric_overrides,
     diagnostic_array,
     diagnostic_status,
     float_param,
     qos,
+    read_settings,
     text_param,
 )
 
@@ -207,27 +210,13 @@ class FocusControllerNode(Node):
 
     # --- parameters -----------------------------------------------------------------------------
     def _coerce_numeric_overrides(self) -> None:
-        """Accept `-p rate:=300` or YAML `300` for a double parameter (ROS would reject the int)."""
-        overrides = getattr(self, "_parameter_overrides", None)
-        if not isinstance(overrides, dict):
-            return
-        for f in fields(ControllerSettings):
-            p = overrides.get(f.name)
-            if f.type == "float" and p is not None and p.type_ == Parameter.Type.INTEGER:
-                overrides[f.name] = Parameter(f.name, Parameter.Type.DOUBLE, float(p.value))
+        coerce_numeric_overrides(self, ControllerSettings)
 
     def _read_settings(self, changes: list[Parameter] = ()) -> ControllerSettings:
-        values = {f.name: self.get_parameter(f.name).value for f in fields(ControllerSettings)}
-        values.update({p.name: p.value for p in changes if p.name in values})
-        return ControllerSettings(**values)
+        return read_settings(self, ControllerSettings, changes)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        try:
-            candidate = self._read_settings(params)
-        except TypeError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        reason = validate_settings(candidate)
-        return SetParametersResult(successful=reason is None, reason=reason or "")
+        return check_parameter_change(self, ControllerSettings, validate_settings, params)
 
     def _after_set_parameters(self, params: list[Parameter]) -> None:
         self.apply_settings(self._read_settings())

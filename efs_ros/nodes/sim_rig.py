@@ -32,7 +32,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 
 from efs_ros.core.events import EVENT_DTYPE, TRIGGER_DTYPE
@@ -42,11 +41,14 @@ from efs_ros.core.waveform import TriangleSweep
 from efs_ros.nodes.common import (
     DIAG_OK,
     DIAG_WARN,
+    check_parameter_change,
+    coerce_numeric_overrides,
     diagnostic_array,
     diagnostic_status,
     float_param,
     int_param,
     qos,
+    read_settings,
     text_param,
 )
 from efs_ros.nodes.convert import joint_state_focus, make_event_packet, make_focus_state, uint8_array
@@ -320,26 +322,13 @@ class SimRigNode(Node):
 
     # --- parameters ----------------------------------------------------------------------------
     def _coerce_numeric_overrides(self) -> None:
-        overrides = getattr(self, "_parameter_overrides", None)
-        if not isinstance(overrides, dict):
-            return
-        for f in fields(RigSettings):
-            p = overrides.get(f.name)
-            if f.type == "float" and p is not None and p.type_ == Parameter.Type.INTEGER:
-                overrides[f.name] = Parameter(f.name, Parameter.Type.DOUBLE, float(p.value))
+        coerce_numeric_overrides(self, RigSettings)
 
     def _read_settings(self, changes=()) -> RigSettings:
-        values = {f.name: self.get_parameter(f.name).value for f in fields(RigSettings)}
-        values.update({p.name: p.value for p in changes if p.name in values})
-        return RigSettings(**values)
+        return read_settings(self, RigSettings, changes)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        try:
-            candidate = self._read_settings(params)
-        except TypeError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        reason = validate_settings(candidate)
-        return SetParametersResult(successful=reason is None, reason=reason or "")
+        return check_parameter_change(self, RigSettings, validate_settings, params)
 
     def _after_set_parameters(self, params) -> None:
         new = self._read_settings()
