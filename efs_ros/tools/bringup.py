@@ -3,8 +3,8 @@
     efs_bringup --rig sim                    # simulated rig, sim lens, all-in-focus node
     efs_bringup --rig real --lens-driver optotune --lens-port /dev/ttyACM0
 
-Reads the same parameter files as launch/sweep.launch.py and runs every node on one
-MultiThreadedExecutor, so callbacks of one node never wait for another's work.
+Reads the same parameter files as launch/sweep.launch.py and spins every node on its own
+single-threaded executor (see GraphSpinner), so callbacks of one node never wait for another's.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from efs_ros.rosenv import ensure_ros_environment
-from efs_ros.tools.graph import CONFIG_DIR, NodeSpec, load_node_parameters, nodes_for
+from efs_ros.tools.graph import CONFIG_DIR, GraphSpinner, NodeSpec, load_node_parameters, nodes_for
 
 
 def node_overrides(spec: NodeSpec, args) -> dict:
@@ -47,20 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def start_graph(args, context=None):
-    """Create the graph's nodes and an executor spinning them on a background thread."""
-    from rclpy.executors import MultiThreadedExecutor
+    """Create the graph's nodes and spin each on its own executor thread."""
     from rclpy.parameter import Parameter
 
     nodes = []
-    for spec in nodes_for(args.rig):
-        overrides = [Parameter(k, value=v) for k, v in node_overrides(spec, args).items()]
-        nodes.append(spec.load_class()(parameter_overrides=overrides, context=context))
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
-    for node in nodes:
-        executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, name="efs_bringup_executor", daemon=True)
-    thread.start()
-    return nodes, executor, thread
+    try:
+        for spec in nodes_for(args.rig):
+            overrides = [Parameter(k, value=v) for k, v in node_overrides(spec, args).items()]
+            nodes.append(spec.load_class()(parameter_overrides=overrides, context=context))
+    except Exception:
+        for node in reversed(nodes):
+            node.destroy_node()
+        raise
+    return nodes, GraphSpinner(nodes, context=context).start()
 
 
 def main(argv=None) -> int:
@@ -73,7 +72,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        nodes, executor, _ = start_graph(args)
+        nodes, spinner = start_graph(args)
     except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
         print(f"efs_bringup: error: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
@@ -83,8 +82,8 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         stop.wait(0.2)
-    executor.shutdown(timeout_sec=2.0)
-    for node in nodes:
+    spinner.shutdown(timeout_sec=2.0)
+    for node in reversed(nodes):  # consumers first, the lens (whose thread publishes) last
         node.destroy_node()
     rclpy.try_shutdown()
     return 0

@@ -2,7 +2,7 @@
 
     python -m efs_ros.tools.demo [--out out/demo] [--jobs 6] [--timeout 120]
 
-Brings up focus_controller (sim lens) + sim_rig + all_in_focus on one MultiThreadedExecutor
+Brings up focus_controller (sim lens) + sim_rig + all_in_focus, one executor per node
 (DDS confined to this host), waits for a few all-in-focus images, then writes per job the
 input frame, the output, the ground truth (8-bit linear, as published) and a colour-mapped
 depth map, plus `figure.png` (input | output | ground truth | depth, shown with the sRGB
@@ -195,16 +195,14 @@ def write_results(out: Path, collector: Collector, stamps: list[int]) -> list[tu
 def run(args) -> int:
     check_modules()
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from efs_ros.tools.graph import nodes_for
+    from efs_ros.tools.graph import GraphSpinner, nodes_for
 
-    sys.setswitchinterval(0.001)  # one process, many callbacks: keep GIL hand-offs short
     params = node_parameters(args)
     context = rclpy.Context()
     rclpy.init(context=context)
-    nodes, executor, spinner, spinning = [], None, None, None
+    nodes, spinner = [], None
     try:
         for spec in nodes_for("sim"):
             overrides = [Parameter(k, value=v) for k, v in params[spec.name].items()]
@@ -215,17 +213,7 @@ def run(args) -> int:
         listener = rclpy.create_node("efs_demo", context=context)
         nodes.append(listener)
         collector = Collector(listener)
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
-        for node in nodes:
-            executor.add_node(node)
-        spinning = threading.Event()
-        spinning.set()
-
-        def spin():
-            while spinning.is_set():
-                executor.spin_once(timeout_sec=0.1)
-        spinner = threading.Thread(target=spin, name="efs_demo_executor", daemon=True)
-        spinner.start()
+        spinner = GraphSpinner(nodes, context=context).start()
         print(f"{PROG}: focus_controller (sim lens) + sim_rig {args.width}x{args.height} + "
               f"all_in_focus ({args.method}, {args.backend}); waiting for {args.jobs} images",
               flush=True)
@@ -251,13 +239,8 @@ def run(args) -> int:
                             f"(all_in_focus: {why}; last fault: {status.get('last_fault', '')})")
         rows = write_results(args.out, collector, stamps)
     finally:
-        if spinner is not None:  # stop taking work before anything is destroyed
-            spinning.clear()
-            spinner.join(timeout=5.0)
-        if executor is not None:
-            for node in nodes:
-                executor.remove_node(node)
-            executor.shutdown(timeout_sec=5.0)  # waits for callbacks still running
+        if spinner is not None:  # stop taking work (waits for callbacks) before destroying
+            spinner.shutdown(timeout_sec=5.0)
         for node in reversed(nodes):  # consumers first, the lens (whose thread publishes) last
             node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -3,6 +3,7 @@ install and what `efs_bringup` starts in one process here. A test checks the two
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,39 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
+
+
+class GraphSpinner:
+    """Spins nodes in one process the way `ros2 launch` spins them in several: one
+    single-threaded executor per node, each on its own thread.
+
+    rclpy's MultiThreadedExecutor rebuilds one wait set over every entity of every node in Python
+    on each wake-up. With a 250 Hz lens, 200 event packets/s and three nodes' parameter services
+    that loop alone filled a core: 5 of 200 packets/s reached the all-in-focus node and it never
+    produced an image. Per-node executors lose nothing and keep up with every frame (measured on
+    2 cores, 96x72 sim rig at 4 frames/s), and keep each node's callbacks serial, as in its own
+    process."""
+
+    def __init__(self, nodes, context=None):
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._pairs = []
+        for node in nodes:
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            thread = threading.Thread(target=executor.spin, name=f"spin_{node.get_name()}",
+                                      daemon=True)
+            self._pairs.append((executor, thread))
+
+    def start(self) -> GraphSpinner:
+        for _, thread in self._pairs:
+            thread.start()
+        return self
+
+    def shutdown(self, timeout_sec: float = 5.0) -> None:
+        """Stop taking work and wait for callbacks still running; nodes stay alive."""
+        for executor, _ in self._pairs:
+            executor.shutdown(timeout_sec=timeout_sec)
+        for _, thread in self._pairs:
+            if thread.is_alive():
+                thread.join(timeout=timeout_sec)
