@@ -327,6 +327,40 @@ def test_tensorrt_reports_why_it_is_unavailable(models_dir):
         TensorRTBackend(models_dir)
 
 
+# --- PyTorch on CUDA (GPU machines only) ----------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to PyTorch")
+def test_torch_cuda_matches_cpu_and_auto_prefers_a_gpu_backend(models_dir):
+    lf, bins, stack, ev = _inputs(60, 84)
+    cpu = TorchBackend(models_dir, device="cpu")
+    gpu = TorchBackend(models_dir, device="cuda")
+    assert gpu.name == "torch-cuda"
+    # TF32 convolutions on Ampere+ differ from fp32 in the 3rd-4th digit
+    np.testing.assert_allclose(gpu.refocus(lf, bins), cpu.refocus(lf, bins), atol=2e-2)
+    np.testing.assert_allclose(gpu.merge_weights(stack, ev), cpu.merge_weights(stack, ev), atol=2e-2)
+    assert load_backend("auto", models_dir).name in ("tensorrt", "onnxruntime-cuda", "torch-cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to PyTorch")
+def test_shipped_nets_on_cuda_give_the_cpu_image():
+    from efs_ros.core.metrics import psnr
+    from efs_ros.core.pipeline import PipelineConfig, run_pipeline
+    from efs_ros.sim.rig import RigConfig, simulate_sweep
+    from efs_ros.sim.sensor import SensorConfig
+
+    job = simulate_sweep(RigConfig(height=96, width=128, steps=80), SensorConfig.clean(),
+                         np.random.default_rng(3)).to_job(0)
+    images = {}
+    for device in ("cpu", "cuda"):
+        backend = TorchBackend(device=device)
+        config = PipelineConfig(dense_times=8, refocus_net=backend.refocus,
+                                merge_net=backend.merge_weights)
+        images[device] = run_pipeline(job, config).all_in_focus
+    truth = job.ground_truth_aif
+    assert abs(psnr(images["cuda"], truth) - psnr(images["cpu"], truth)) < 0.05
+    assert psnr(images["cuda"], images["cpu"]) > 45.0
+
+
 # --- the shipped models -------------------------------------------------------------------------
 
 def test_shipped_models_load_verify_and_run():
