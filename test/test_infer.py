@@ -240,7 +240,11 @@ def test_backends_warn_when_the_pipeline_response_is_not_the_trained_one(models_
 
 
 def test_bad_model_files_are_not_skipped_by_auto(models_copy):
-    (models_copy / "evmergenet.onnx").write_bytes(b"not onnx")
+    """Damaged files raise from the first backend auto opens (ONNX Runtime reads .onnx, PyTorch
+    .safetensors; torch-cuda comes first on a GPU machine) instead of falling through to the
+    next backend, which would read the same files."""
+    for name in ("evmergenet.onnx", "evmergenet.safetensors"):
+        (models_copy / name).write_bytes(b"not a model")
     with pytest.raises(ModelLoadError):
         load_backend("auto", models_copy)
 
