@@ -64,7 +64,7 @@ class Evt3Error(ValueError):
         self.partial = partial
 
 
-@dataclass
+@dataclass(slots=True)
 class DecodedChunk:
     events: np.ndarray
     """EVENT_DTYPE in stream order; t = unwrapped sensor microseconds."""
@@ -167,6 +167,22 @@ def _load_kernel():
     return _kernel_module
 
 
+_FAST_BYTES = 2 * BLOCK_WORDS
+"""Packets up to this size decode as one block (fault records of one block suffice)."""
+
+
+def _bytes_entry_point(kernel):
+    """The compiled `kernel.decode` for read-only word arrays (what `bytes` give), called
+    without numba's per-call type dispatch; None if numba does not expose it."""
+    try:
+        for sig, compiled in kernel.decode.overloads.items():
+            if not sig[0].mutable:
+                return compiled.entry_point
+    except (AttributeError, IndexError, TypeError):
+        pass
+    return None
+
+
 def _warm(kernel) -> None:
     """Compile (or load from the on-disk cache) the specialisations the decoder and encoder call."""
     events = np.zeros(3, EVENT_DTYPE)
@@ -209,8 +225,10 @@ class Evt3Decoder:
         self._io[IO_MAX_JITTER] = self.max_jitter_us
         self._fault_records = np.empty((N_FAULT_KINDS, N_FAULT_COLS), np.int64)
         """Room for the faults of one block (the kernel's faults in a call of one block)."""
+        self._direct = None
         if self._kernel is not None:
             self._scratch = np.empty(self._kernel.SCRATCH_SIZE, np.int64)
+            self._direct = _bytes_entry_point(self._kernel)
         self.reset()
 
     def reset(self) -> None:
@@ -230,6 +248,18 @@ class Evt3Decoder:
 
         In strict mode a fault raises Evt3Error and leaves the decoder as it was before the call.
         """
+        direct = self._direct
+        if direct is not None and type(data) is bytes and not self._pending:
+            n_bytes = len(data)
+            if 0 < n_bytes <= _FAST_BYTES and not n_bytes & 1:
+                # the common live case (one whole driver packet): no copy, no type dispatch
+                events, triggers, report = direct(np.frombuffer(data, _WORD_DTYPE), self._io,
+                                                  self._fault_records, self._scratch, BLOCK_WORDS,
+                                                  strict)
+                if not report:
+                    return DecodedChunk(events, triggers, [], n_bytes >> 1, {})
+                return self._merge_stats(self._report(events, triggers, self._fault_records,
+                                                      n_bytes >> 1, strict))
         buf = _as_buffer(data)
         if self._pending:
             buf = self._pending + bytes(buf)
@@ -243,6 +273,9 @@ class Evt3Decoder:
         else:
             chunk = self._decode_numpy(np.frombuffer(buf, dtype="<u2", count=n_words), strict)
         self._pending = pending
+        return self._merge_stats(chunk)
+
+    def _merge_stats(self, chunk: DecodedChunk) -> DecodedChunk:
         if chunk.stats:
             for key, value in chunk.stats.items():
                 self.stats[key] = self.stats.get(key, 0) + value
@@ -297,6 +330,10 @@ class Evt3Decoder:
             triggers = triggers[:self._io[IO_TRIGGERS]]
         if not anything_to_report:
             return DecodedChunk(events, triggers, [], n_words, {})
+        return self._report(events, triggers, fault_records, n_words, strict)
+
+    def _report(self, events, triggers, fault_records, n_words: int, strict: bool) -> DecodedChunk:
+        """The chunk of a kernel call that has faults, reserved words or jitter to report."""
         n_faults, n_reserved, n_jitter, words_done, cut_events, cut_triggers = \
             self._io[IO_FAULTS:IO_CUT_TRIGGERS + 1].tolist()
         stats = {}
