@@ -249,6 +249,30 @@ def test_event_flood_is_bounded_counted_and_survived(graph):
         latest_status(listener, STATUS)
 
 
+def test_auto_backend_runs_the_nets_only_on_a_gpu():
+    """With the shipped models, `auto` runs them on a GPU backend; on a CPU-only machine it
+    runs the classical path (the nets would take seconds per job) and says why, not as an error."""
+    import torch
+
+    from efs_ros.infer.tensorrt_backend import unavailable_reason
+    from efs_ros.nodes.all_in_focus import NodeSettings, PipelineWorker
+    from efs_ros.sim.rig import RigConfig, simulate_sweep
+    from efs_ros.sim.sensor import SensorConfig
+
+    job = simulate_sweep(RigConfig(height=32, width=48, steps=40), SensorConfig(),
+                         np.random.default_rng(0)).to_job(0)
+    worker = PipelineWorker()
+    _, _, state = worker.run(job, NodeSettings(backend="auto"))
+    if torch.cuda.is_available() or unavailable_reason() is None:
+        assert state.name in ("tensorrt", "onnxruntime-cuda", "torch-cuda"), state
+    else:
+        assert state.name == "classical" and not state.error, state
+        assert "no GPU backend" in state.note
+    _, _, state = worker.run(job, NodeSettings(backend="torch"))
+    assert state.name.startswith("torch-") and not state.error, state
+    worker.close()
+
+
 def test_backend_fallback_is_classical_and_reported(tmp_path):
     """No models installed: `auto` falls back quietly; an explicit backend is an error (the
     user asked for something that is not running), and both still give the classical image."""

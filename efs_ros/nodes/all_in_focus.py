@@ -94,6 +94,8 @@ DEPTH_TOPIC = "/efs/depth"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "classical")
+CPU_BACKENDS = ("onnxruntime-cpu", "torch-cpu")
+"""What `auto` passes over for the classical path (see PipelineWorker._open)."""
 INPUTS = ("events", "frames", "focus")
 MAX_HEADERS_KEPT = 512
 """Frame headers remembered for the outputs (frame_id); far more than frames in flight."""
@@ -151,8 +153,9 @@ _DESCRIPTORS = {
     "n_bins": int_param("time bins of the event stack over one sweep", 2, 4096),
     "patch_grid": int_param("patches per side for the golden / event_rate methods", 1, 64),
     "threshold": float_param("event contrast threshold; 0 = estimate it from each job", 0.0, 5.0),
-    "backend": text_param("inference backend; auto = the fastest available learned backend, "
-                          "classical if there are no models", BACKENDS),
+    "backend": text_param("inference backend; auto = the nets on a GPU backend (tensorrt > "
+                          "onnxruntime-cuda > torch-cuda), else classical (no GPU or no models)",
+                          BACKENDS),
     "models_dir": text_param("folder with the exported nets ('' = the package's models)"),
     "max_buffered_events": int_param("events held at most; beyond, the oldest are dropped "
                                      "(13 bytes each)", 10_000, 1_000_000_000),
@@ -261,8 +264,17 @@ class PipelineWorker:
                                       f"{name} unavailable ({type(exc).__name__}: {detail})",
                                       name != "auto" or _models_installed(models_dir))
             return
+        opened = getattr(backend, "name", name)
+        if name == "auto" and opened in CPU_BACKENDS:
+            # a live node must keep up: on CPU the nets take seconds per job (onnxruntime-cpu at
+            # 256x192 on 2 cores: ~15 s, so nearly every frame was dropped); classical keeps up
+            backend.close()
+            self.state = BackendState("classical", f"auto: no GPU backend here ({opened} only, "
+                                      "seconds per job); set backend to onnxruntime or torch "
+                                      "to run the nets on CPU anyway")
+            return
         self._backend = backend
-        self.state = BackendState(getattr(backend, "name", name))
+        self.state = BackendState(opened)
 
     def close(self) -> None:
         if self._backend is not None:

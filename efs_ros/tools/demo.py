@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame-rate", type=float, default=4.0, help="camera frames per second")
     parser.add_argument("--method", default="dense", help="all_in_focus method parameter")
     parser.add_argument("--backend", default="classical",
-                        help="all_in_focus backend (auto uses learned nets when installed)")
+                        help="all_in_focus backend (auto: the nets on a GPU, else classical)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     return parser
 
