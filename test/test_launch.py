@@ -150,3 +150,21 @@ def test_fastdds_profile_is_valid_xml_with_builtin_transports_off():
     assert root.find(".//d:useBuiltinTransports", ns).text.strip() == "false"
     allowed = [i.get("name") for i in root.findall(".//d:allowlist/d:interface", ns)]
     assert allowed == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("module, bad", [
+    ("efs_ros.nodes.sim_rig", "width:=3"),                       # outside the descriptor range
+    ("efs_ros.nodes.focus_controller", "near_dpt:=0.1"),         # in range, fails validation
+    ("efs_ros.nodes.all_in_focus", "backend:=foo"),
+])
+def test_node_with_a_bad_parameter_exits_2_with_one_line(module, bad):
+    """What `ros2 run`/launch users see: one line naming the parameter, status 2, no traceback
+    (the half-built node must not be torn down through attributes it never set)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", module, "--ros-args", "-p", bad],
+                          capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"{module.rsplit('.', 1)[1]}: error: "), lines
+    assert bad.split(":=")[0] in lines[0]

@@ -51,16 +51,14 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from event_camera_msgs.msg import EventPacket
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -74,13 +72,14 @@ from efs_ros.nodes.common import (
     DIAG_OK,
     DIAG_WARN,
     check_parameter_change,
-    coerce_numeric_overrides,
+    declare_settings,
     diagnostic_array,
     diagnostic_status,
     float_param,
     int_param,
     qos,
     read_settings,
+    spin_node_main,
     text_param,
 )
 from efs_ros.nodes.convert import as_uint8, joint_state_focus, stamp_to_ns, uint8_array
@@ -361,18 +360,7 @@ class AllInFocusNode(Node):
 
     def __init__(self, node_name: str = "all_in_focus", **kwargs):
         super().__init__(node_name, **kwargs)
-        self._coerce_numeric_overrides()
-        defaults = NodeSettings()
-        for f in fields(NodeSettings):
-            try:
-                self.declare_parameter(f.name, getattr(defaults, f.name), _DESCRIPTORS[f.name])
-            except Exception as exc:  # noqa: BLE001 - rclpy raises several types; one line
-                detail = " ".join(str(exc).split())
-                raise ValueError(f"parameter {f.name}: {type(exc).__name__}: {detail}") from exc
-        settings = self._read_settings()
-        reason = validate_settings(settings)
-        if reason is not None:
-            raise ValueError(f"invalid parameters: {reason}")
+        settings = declare_settings(self, NodeSettings, _DESCRIPTORS, validate_settings)
         self._settings = settings
 
         self._decoder_backend = self._warm_up_decoder()
@@ -439,9 +427,6 @@ class AllInFocusNode(Node):
             return "unknown"
 
     # --- parameters ----------------------------------------------------------------------------
-    def _coerce_numeric_overrides(self) -> None:
-        coerce_numeric_overrides(self, NodeSettings)
-
     def _read_settings(self, changes=()) -> NodeSettings:
         return read_settings(self, NodeSettings, changes)
 
@@ -728,30 +713,10 @@ class AllInFocusNode(Node):
 
 
 def main(args=None) -> int:
-    from efs_ros.rosenv import ensure_ros_environment
-
-    ensure_ros_environment()
-    rclpy.init(args=args)
-    try:
-        node = AllInFocusNode()
-    except ValueError as exc:
-        print(f"all_in_focus: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
     # The pipeline worker holds the GIL for stretches of Python; a short switch interval keeps
     # the subscription callbacks (and so the best-effort event queue) from waiting behind it.
     sys.setswitchinterval(0.001)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node_main(AllInFocusNode, "all_in_focus", args)
 
 
 if __name__ == "__main__":

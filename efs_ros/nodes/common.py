@@ -115,3 +115,63 @@ def check_parameter_change(node, settings_cls, validate, params):
         return SetParametersResult(successful=False, reason=str(exc))
     reason = validate(candidate)
     return SetParametersResult(successful=reason is None, reason=reason or "")
+
+
+def declare_settings(node, settings_cls, descriptors: dict, validate):
+    """Declare one parameter per settings field (with its descriptor), then read and validate
+    them; a bad value or override raises ValueError with one line naming the parameter."""
+    from dataclasses import fields
+
+    from rclpy.node import Node
+
+    coerce_numeric_overrides(node, settings_cls)
+    defaults = settings_cls()
+    problem = None
+    for f in fields(settings_cls):
+        try:
+            node.declare_parameter(f.name, getattr(defaults, f.name), descriptors[f.name])
+        except Exception as exc:  # noqa: BLE001 - rclpy raises several types; one line
+            detail = " ".join(str(exc).split()).split("Reason: ", 1)[-1]
+            problem = f"parameter {f.name}: {detail}"
+            break
+    if problem is None:
+        settings = read_settings(node, settings_cls)
+        reason = validate(settings)
+        if reason is None:
+            return settings
+        problem = f"invalid parameters: {reason}"
+    # the half-built node leaves the context now, so that shutting the context down does not
+    # call the subclass's destroy_node on attributes it never set
+    Node.destroy_node(node)
+    raise ValueError(problem)
+
+
+def spin_node_main(node_cls, prog: str, args=None) -> int:
+    """A node's `main()`: host-only ROS environment, one line and status 2 for bad parameters,
+    spin until Ctrl-C or shutdown."""
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    from efs_ros.rosenv import ensure_ros_environment
+
+    ensure_ros_environment()
+    rclpy.init(args=args)
+    try:
+        node = node_cls()
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -14,13 +14,11 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -35,12 +33,13 @@ from efs_ros.nodes.common import (
     DIAG_OK,
     DIAG_WARN,
     check_parameter_change,
-    coerce_numeric_overrides,
+    declare_settings,
     diagnostic_array,
     diagnostic_status,
     float_param,
     qos,
     read_settings,
+    spin_node_main,
     text_param,
 )
 
@@ -158,18 +157,7 @@ class FocusControllerNode(Node):
 
     def __init__(self, node_name: str = "focus_controller", **kwargs):
         super().__init__(node_name, **kwargs)
-        self._coerce_numeric_overrides()
-        defaults = ControllerSettings()
-        for f in fields(ControllerSettings):
-            try:
-                self.declare_parameter(f.name, getattr(defaults, f.name), _DESCRIPTORS[f.name])
-            except Exception as exc:  # noqa: BLE001 - rclpy raises several types; one line for the user
-                detail = " ".join(str(exc).split()).split("Reason: ", 1)[-1]
-                raise ValueError(f"parameter {f.name}: {detail}") from exc
-        settings = self._read_settings()
-        reason = validate_settings(settings)
-        if reason is not None:
-            raise ValueError(f"invalid parameters: {reason}")
+        settings = declare_settings(self, ControllerSettings, _DESCRIPTORS, validate_settings)
 
         self._lock = threading.Lock()
         self._settings = settings
@@ -209,9 +197,6 @@ class FocusControllerNode(Node):
         self._io_thread.start()
 
     # --- parameters -----------------------------------------------------------------------------
-    def _coerce_numeric_overrides(self) -> None:
-        coerce_numeric_overrides(self, ControllerSettings)
-
     def _read_settings(self, changes: list[Parameter] = ()) -> ControllerSettings:
         return read_settings(self, ControllerSettings, changes)
 
@@ -433,24 +418,7 @@ class FocusControllerNode(Node):
 
 
 def main(args=None) -> int:
-    from efs_ros.rosenv import ensure_ros_environment
-
-    ensure_ros_environment()
-    rclpy.init(args=args)
-    try:
-        node = FocusControllerNode()
-    except ValueError as exc:
-        print(f"focus_controller: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node_main(FocusControllerNode, "focus_controller", args)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,14 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from event_camera_msgs.msg import EventPacket
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
@@ -42,13 +40,14 @@ from efs_ros.nodes.common import (
     DIAG_OK,
     DIAG_WARN,
     check_parameter_change,
-    coerce_numeric_overrides,
+    declare_settings,
     diagnostic_array,
     diagnostic_status,
     float_param,
     int_param,
     qos,
     read_settings,
+    spin_node_main,
     text_param,
 )
 from efs_ros.nodes.convert import joint_state_focus, make_event_packet, make_focus_state, uint8_array
@@ -256,18 +255,7 @@ class SimRigNode(Node):
 
     def __init__(self, node_name: str = "sim_rig", **kwargs):
         super().__init__(node_name, **kwargs)
-        self._coerce_numeric_overrides()
-        defaults = RigSettings()
-        for f in fields(RigSettings):
-            try:
-                self.declare_parameter(f.name, getattr(defaults, f.name), _DESCRIPTORS[f.name])
-            except Exception as exc:  # noqa: BLE001 - rclpy raises several types; one line
-                detail = " ".join(str(exc).split())
-                raise ValueError(f"parameter {f.name}: {type(exc).__name__}: {detail}") from exc
-        settings = self._read_settings()
-        reason = validate_settings(settings)
-        if reason is not None:
-            raise ValueError(f"invalid parameters: {reason}")
+        settings = declare_settings(self, RigSettings, _DESCRIPTORS, validate_settings)
         self._settings = settings
         rng = np.random.default_rng(settings.seed)
         t0 = time.perf_counter()
@@ -321,9 +309,6 @@ class SimRigNode(Node):
             self._lens_thread.start()
 
     # --- parameters ----------------------------------------------------------------------------
-    def _coerce_numeric_overrides(self) -> None:
-        coerce_numeric_overrides(self, RigSettings)
-
     def _read_settings(self, changes=()) -> RigSettings:
         return read_settings(self, RigSettings, changes)
 
@@ -617,24 +602,7 @@ class SimRigNode(Node):
 
 
 def main(args=None) -> int:
-    from efs_ros.rosenv import ensure_ros_environment
-
-    ensure_ros_environment()
-    rclpy.init(args=args)
-    try:
-        node = SimRigNode()
-    except ValueError as exc:
-        print(f"sim_rig: error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node_main(SimRigNode, "sim_rig", args)
 
 
 if __name__ == "__main__":
