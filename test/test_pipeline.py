@@ -585,3 +585,22 @@ def test_simulated_two_planes_come_out_sharper_with_the_right_depth_order(sim_tw
     assert d_near < d_far
     # v2e's nominal threshold is 0.2; the fitted gain is shrunk against quantisation noise.
     assert info["threshold_estimated"] and 0.1 < info["threshold"] < 0.3
+
+
+@pytest.mark.parametrize("shape, window", [((3, 20, 30), 9), ((2, 9, 17), 15), ((1, 5, 40), 3),
+                                           ((2, 12, 10), 8), ((2, 6, 30), 15)])
+def test_focus_window_mean_equals_scipy_box_filter(shape, window):
+    """The compiled box mean (odd windows that fit) and the scipy path it falls back to (even
+    windows, windows wider than the image) give scipy's reflect-mode box filter."""
+    from scipy import ndimage
+
+    from efs_ros.core.select import gradient_energy, window_mean
+
+    x = np.random.default_rng(window).random(shape, dtype=np.float32) - np.float32(0.2)
+    want = ndimage.uniform_filter1d(ndimage.uniform_filter1d(x, window, axis=1, mode="reflect"),
+                                    window, axis=2, mode="reflect")
+    np.testing.assert_allclose(window_mean(x, window, floor=False), want, atol=1e-6)
+    np.testing.assert_allclose(window_mean(x, window), np.maximum(want, 0), atol=1e-6)
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    gy, gx = pad[:, 2:, 1:-1] - pad[:, :-2, 1:-1], pad[:, 1:-1, 2:] - pad[:, 1:-1, :-2]
+    np.testing.assert_array_equal(gradient_energy(x), gx * gx + gy * gy)

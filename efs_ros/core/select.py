@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,11 +61,8 @@ def gradient_energy(lum: np.ndarray, presmooth: float = 0.0,
     x = np.asarray(lum, dtype=np.float32)
     if presmooth > 0:
         x = ndimage.gaussian_filter(x, (0, presmooth, presmooth), truncate=3.0)
-    pad = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    gy = pad[:, 2:, 1:-1] - pad[:, :-2, 1:-1]
-    gx = pad[:, 1:-1, 2:] - pad[:, 1:-1, :-2]
-    energy = gx * gx
-    energy += gy * gy
+    energy = _squared_central_difference(x, axis=2)
+    energy += _squared_central_difference(x, axis=1)
     if noise_var is not None:
         # Var of a central difference of white noise is twice the pixel variance, per axis;
         # a Gaussian presmooth of sigma s scales white-noise variance by 1 / (4 pi s^2).
@@ -73,14 +71,59 @@ def gradient_energy(lum: np.ndarray, presmooth: float = 0.0,
     return energy
 
 
+def _squared_central_difference(x: np.ndarray, axis: int) -> np.ndarray:
+    """(x[i+1] - x[i-1])^2 along an axis, edges replicated; one new array, no padded copy (at
+    1280x720 the stack is hundreds of MB, so temporaries cost more than arithmetic)."""
+    out = np.empty_like(x)
+    n = x.shape[axis]
+
+    def cut(a, start, stop):
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop)
+        return a[tuple(index)]
+    if n == 1:
+        out.fill(0.0)
+        return out
+    np.subtract(cut(x, 2, None), cut(x, None, -2), out=cut(out, 1, -1))
+    np.subtract(cut(x, 1, 2), cut(x, 0, 1), out=cut(out, 0, 1))
+    np.subtract(cut(x, n - 1, n), cut(x, n - 2, n - 1), out=cut(out, n - 1, n))
+    np.square(out, out=out)
+    return out
+
+
 def window_mean(energy: np.ndarray, window: int, floor: bool = True) -> np.ndarray:
     """Box mean over window x window of each image of a [K, H, W] stack (negative values from
     noise subtraction clipped to 0 afterwards)."""
     out = energy
     if window > 1:
+        kernel = _box_kernel()
+        if (kernel is not None and out.ndim == 3 and out.dtype == np.float32 and window % 2
+                and window // 2 < min(out.shape[1:])):
+            with _BOX_LOCK:  # numba's default threading layer takes one caller at a time
+                return kernel.box_mean_stack(out, window, floor, np.empty_like(out))
         out = ndimage.uniform_filter1d(out, window, axis=1, mode="reflect")
         out = ndimage.uniform_filter1d(out, window, axis=2, mode="reflect")
     return np.maximum(out, 0.0) if floor else out
+
+
+_BOX_KERNEL: list = []
+_BOX_LOCK = threading.Lock()
+
+
+def _box_kernel():
+    """The compiled box mean (efs_ros.core._box_kernel), or None without numba."""
+    if not _BOX_KERNEL:
+        try:
+            from efs_ros.core import _box_kernel as kernel
+        except ImportError:
+            kernel = None
+        _BOX_KERNEL.append(kernel)
+    return _BOX_KERNEL[0]
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the selection's kernel now, not in a first job."""
+    window_mean(np.zeros((1, 8, 8), np.float32), 3)
 
 
 def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,

@@ -301,8 +301,15 @@ def _run_in_child(job, settings: NodeSettings | None):
     if _CHILD_WORKER is None:
         _CHILD_WORKER = PipelineWorker()
     if job is None:  # warm-up
+        _warm_up_pipeline()
         return None
     return _CHILD_WORKER.run(job, settings)
+
+
+def _warm_up_pipeline() -> None:
+    from efs_ros.core.select import warm_up
+
+    warm_up()
 
 
 class PipelineRunner:
@@ -331,9 +338,12 @@ class PipelineRunner:
         return self._pool
 
     def warm_up(self) -> None:
-        """Start the child and import the pipeline now, not on the first job (~1-2 s)."""
+        """Start the child, import the pipeline and load its compiled kernel now, not on the
+        first job (~1-2 s; a few more the first time numba compiles it)."""
         if self.use_process:
             self._ensure_pool().submit(_run_in_child, None, None).result()
+        else:
+            _warm_up_pipeline()
 
     def run(self, job, settings: NodeSettings):
         if not self.use_process:
