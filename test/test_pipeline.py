@@ -589,9 +589,10 @@ def test_simulated_two_planes_come_out_sharper_with_the_right_depth_order(sim_tw
 
 @pytest.mark.parametrize("shape, window", [((3, 20, 30), 9), ((2, 9, 17), 15), ((1, 5, 40), 3),
                                            ((2, 12, 10), 8), ((2, 6, 30), 15)])
-def test_focus_window_mean_equals_scipy_box_filter(shape, window):
-    """The compiled box mean (odd windows that fit) and the scipy path it falls back to (even
-    windows, windows wider than the image) give scipy's reflect-mode box filter."""
+def test_focus_measure_kernels_equal_the_scipy_path(shape, window):
+    """The compiled kernels (box mean for odd windows that fit; gradient energy with Gaussian
+    presmooth and noise subtraction) and the scipy/numpy paths they fall back to (even windows,
+    filters wider than the image) give the same numbers."""
     from scipy import ndimage
 
     from efs_ros.core.select import gradient_energy, window_mean
@@ -604,3 +605,10 @@ def test_focus_window_mean_equals_scipy_box_filter(shape, window):
     pad = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
     gy, gx = pad[:, 2:, 1:-1] - pad[:, :-2, 1:-1], pad[:, 1:-1, 2:] - pad[:, 1:-1, :-2]
     np.testing.assert_array_equal(gradient_energy(x), gx * gx + gy * gy)
+    noise = np.random.default_rng(1).random(shape, dtype=np.float32) * np.float32(0.01)
+    for sigma in (1.0, 1.5):
+        smooth = ndimage.gaussian_filter(x, (0, sigma, sigma), truncate=3.0)
+        pad = np.pad(smooth, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        gy, gx = pad[:, 2:, 1:-1] - pad[:, :-2, 1:-1], pad[:, 1:-1, 2:] - pad[:, 1:-1, :-2]
+        want = gx * gx + gy * gy - np.float32(1.0 / (np.pi * sigma**2)) * noise
+        np.testing.assert_allclose(gradient_energy(x, sigma, noise), want, atol=1e-6)

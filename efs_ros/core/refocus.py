@@ -381,10 +381,15 @@ class Refocuser:
         events (with `times_s` and a `noise_rate_hz`): each one between the frame and the time
         is a whole threshold of error, c^2 x rate x |t| in log units."""
         c = np.float32(self.threshold)
-        var = np.where(counts != 0, (c * lums) ** 2 / np.float32(6.0), np.float32(0.0))
+        # in place: at 1280x720 each [K, H, W] temporary is hundreds of MB
+        level = np.multiply(lums, c, dtype=np.float32)
+        np.square(level, out=level)
+        var = np.divide(level, np.float32(6.0))
+        np.multiply(var, counts != 0, out=var)
         if times_s is not None and self.noise_rate_hz > 0:
             dt = np.abs(np.asarray(times_s, dtype=np.float32)).reshape(-1, 1, 1)
-            var = var + (c * lums) ** 2 * (np.float32(self.noise_rate_hz) * dt)
+            np.multiply(level, np.float32(self.noise_rate_hz) * dt, out=level)
+            var += level
         return var
 
     def luminances(self, times_s) -> np.ndarray:

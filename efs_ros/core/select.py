@@ -59,16 +59,34 @@ def gradient_energy(lum: np.ndarray, presmooth: float = 0.0,
     (the frame itself).
     """
     x = np.asarray(lum, dtype=np.float32)
+    # Var of a central difference of white noise is twice the pixel variance, per axis;
+    # a Gaussian presmooth of sigma s scales white-noise variance by 1 / (4 pi s^2).
+    gain = np.float32(4.0 if presmooth <= 0 else 4.0 / (4.0 * np.pi * presmooth**2))
+    kernel = _focus_kernel()
+    weights = _gaussian_weights(presmooth)
+    if (kernel is not None and x.ndim == 3 and weights.size // 2 < min(x.shape[1:])
+            and (noise_var is None or np.shape(noise_var) == x.shape)):
+        noise = x if noise_var is None else np.asarray(noise_var, dtype=np.float32)
+        with _KERNEL_LOCK:  # numba's default threading layer takes one caller at a time
+            return kernel.gradient_energy_stack(x, weights, gain, noise, noise_var is not None,
+                                                np.empty_like(x))
     if presmooth > 0:
         x = ndimage.gaussian_filter(x, (0, presmooth, presmooth), truncate=3.0)
     energy = _squared_central_difference(x, axis=2)
     energy += _squared_central_difference(x, axis=1)
     if noise_var is not None:
-        # Var of a central difference of white noise is twice the pixel variance, per axis;
-        # a Gaussian presmooth of sigma s scales white-noise variance by 1 / (4 pi s^2).
-        gain = 4.0 if presmooth <= 0 else 4.0 / (4.0 * np.pi * presmooth**2)
-        energy -= np.float32(gain) * noise_var
+        energy -= gain * noise_var
     return energy
+
+
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """scipy's gaussian_filter1d weights for truncate=3 ([1.0] for no smoothing)."""
+    if sigma <= 0:
+        return np.ones(1)
+    radius = int(3.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / (sigma * sigma) * x * x)
+    return phi / phi.sum()
 
 
 def _squared_central_difference(x: np.ndarray, axis: int) -> np.ndarray:
@@ -96,34 +114,36 @@ def window_mean(energy: np.ndarray, window: int, floor: bool = True) -> np.ndarr
     noise subtraction clipped to 0 afterwards)."""
     out = energy
     if window > 1:
-        kernel = _box_kernel()
+        kernel = _focus_kernel()
         if (kernel is not None and out.ndim == 3 and out.dtype == np.float32 and window % 2
                 and window // 2 < min(out.shape[1:])):
-            with _BOX_LOCK:  # numba's default threading layer takes one caller at a time
+            with _KERNEL_LOCK:
                 return kernel.box_mean_stack(out, window, floor, np.empty_like(out))
         out = ndimage.uniform_filter1d(out, window, axis=1, mode="reflect")
         out = ndimage.uniform_filter1d(out, window, axis=2, mode="reflect")
     return np.maximum(out, 0.0) if floor else out
 
 
-_BOX_KERNEL: list = []
-_BOX_LOCK = threading.Lock()
+_FOCUS_KERNEL: list = []
+_KERNEL_LOCK = threading.Lock()
 
 
-def _box_kernel():
-    """The compiled box mean (efs_ros.core._box_kernel), or None without numba."""
-    if not _BOX_KERNEL:
+def _focus_kernel():
+    """The compiled focus-measure kernels (efs_ros.core._focus_kernel), or None without numba."""
+    if not _FOCUS_KERNEL:
         try:
-            from efs_ros.core import _box_kernel as kernel
+            from efs_ros.core import _focus_kernel as kernel
         except ImportError:
             kernel = None
-        _BOX_KERNEL.append(kernel)
-    return _BOX_KERNEL[0]
+        _FOCUS_KERNEL.append(kernel)
+    return _FOCUS_KERNEL[0]
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's disk cache) the selection's kernel now, not in a first job."""
-    window_mean(np.zeros((1, 8, 8), np.float32), 3)
+    """Compile (or load from numba's disk cache) the selection's kernels now, not in a first job."""
+    stack = np.zeros((1, 8, 8), np.float32)
+    window_mean(gradient_energy(stack, 1.0, stack), 3)
+    gradient_energy(stack)
 
 
 def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,
