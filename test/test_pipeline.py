@@ -612,3 +612,17 @@ def test_focus_measure_kernels_equal_the_scipy_path(shape, window):
         gy, gx = pad[:, 2:, 1:-1] - pad[:, :-2, 1:-1], pad[:, 1:-1, 2:] - pad[:, 1:-1, :-2]
         want = gx * gx + gy * gy - np.float32(1.0 / (np.pi * sigma**2)) * noise
         np.testing.assert_allclose(gradient_energy(x, sigma, noise), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("t0, t1", [(0, 64_000), (50_000, 3_000), (7, 7), (10, 30)])
+def test_event_bins_kernel_equals_the_bincount_path(monkeypatch, t0, t1):
+    from efs_ros.core import refocus
+
+    rng = np.random.default_rng(t0 + t1)
+    h, w = 9, 13
+    ev = random_events(rng, 5000, h, w, 0, 64_000)
+    fast = refocus.event_bins_between(ev, t0, t1, 16, h, w)
+    monkeypatch.setattr(refocus, "_PIPELINE_KERNELS", [None])
+    slow = refocus.event_bins_between(ev, t0, t1, 16, h, w)
+    assert fast.dtype == slow.dtype == np.float32 and fast.shape == slow.shape == (16, h, w)
+    np.testing.assert_array_equal(fast, slow)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .refocus import Refocuser
+from .events import EVENT_DTYPE
+from .refocus import Refocuser, event_bins_between, pipeline_kernels
 
 GOLDEN = 1.618
 """The paper's phi; brackets shrink by 1/phi per step."""
@@ -62,7 +63,7 @@ def gradient_energy(lum: np.ndarray, presmooth: float = 0.0,
     # Var of a central difference of white noise is twice the pixel variance, per axis;
     # a Gaussian presmooth of sigma s scales white-noise variance by 1 / (4 pi s^2).
     gain = np.float32(4.0 if presmooth <= 0 else 4.0 / (4.0 * np.pi * presmooth**2))
-    kernel = _focus_kernel()
+    kernel = pipeline_kernels()
     weights = _gaussian_weights(presmooth)
     if (kernel is not None and x.ndim == 3 and weights.size // 2 < min(x.shape[1:])
             and (noise_var is None or np.shape(noise_var) == x.shape)):
@@ -114,7 +115,7 @@ def window_mean(energy: np.ndarray, window: int, floor: bool = True) -> np.ndarr
     noise subtraction clipped to 0 afterwards)."""
     out = energy
     if window > 1:
-        kernel = _focus_kernel()
+        kernel = pipeline_kernels()
         if (kernel is not None and out.ndim == 3 and out.dtype == np.float32 and window % 2
                 and window // 2 < min(out.shape[1:])):
             with _KERNEL_LOCK:
@@ -124,19 +125,7 @@ def window_mean(energy: np.ndarray, window: int, floor: bool = True) -> np.ndarr
     return np.maximum(out, 0.0) if floor else out
 
 
-_FOCUS_KERNEL: list = []
 _KERNEL_LOCK = threading.Lock()
-
-
-def _focus_kernel():
-    """The compiled focus-measure kernels (efs_ros.core._focus_kernel), or None without numba."""
-    if not _FOCUS_KERNEL:
-        try:
-            from efs_ros.core import _focus_kernel as kernel
-        except ImportError:
-            kernel = None
-        _FOCUS_KERNEL.append(kernel)
-    return _FOCUS_KERNEL[0]
 
 
 def warm_up() -> None:
@@ -144,6 +133,9 @@ def warm_up() -> None:
     stack = np.zeros((1, 8, 8), np.float32)
     window_mean(gradient_energy(stack, 1.0, stack), 3)
     gradient_energy(stack)
+    events = np.zeros(2, EVENT_DTYPE)
+    events["t"], events["p"] = (0, 1), 1
+    event_bins_between(events, 0, 2, 2, 8, 8)
 
 
 def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,

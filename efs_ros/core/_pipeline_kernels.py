@@ -1,6 +1,7 @@
-"""Compiled focus-measure kernels over the images of a [K, H, W] stack (numba, parallel over
-images): the gradient energy (Gaussian presmooth, central differences, noise subtraction) and
-the box mean.
+"""Compiled kernels of the pipeline (numba), each with a numpy/scipy path beside it as the
+reference and fallback: the focus measure over the images of a [K, H, W] stack (gradient
+energy with Gaussian presmooth, central differences and noise subtraction; box mean), parallel
+over images, and the refocus net's event bins.
 
 The selection runs these on stacks of tens of full-resolution images; scipy's separable
 passes and numpy's temporaries read and write the whole stack several times each. Here each
@@ -88,4 +89,14 @@ def gradient_energy_stack(x, weights, noise_gain, noise_var, use_noise, out):
                 if use_noise:
                     e -= noise_gain * noise_var[k, i, j]
                 out[k, i, j] = e
+    return out
+
+
+@njit(cache=True, nogil=True)
+def scatter_event_bins(pixel, polarity, n_bins, hw, sign, out):
+    """out[b * hw + pixel] += sign * polarity over m events in n_bins equal-count bins (event i
+    goes to bin i * n_bins // m)."""
+    m = pixel.size
+    for i in range(m):
+        out[(i * n_bins) // m * hw + pixel[i]] += sign * polarity[i]
     return out
