@@ -552,7 +552,7 @@ being counted."""
 @njit(cache=True, nogil=True)
 def decode(words, io, faults, scratch, block_words, strict):
     """Decode `words` (uint16) from the registers in io[IO_REGS:] (see decode_into); returns the
-    events, the triggers and whether there is anything to report.
+    events, the triggers (None when there are none) and whether there is anything to report.
 
     Words go in blocks of `block_words`, all of them if fewer than 1.5 blocks (`faults` needs
     N_FAULT_KINDS rows per block). The outputs are allocated here, which saves calls on small
@@ -564,6 +564,8 @@ def decode(words, io, faults, scratch, block_words, strict):
     events = np.empty(n_events + SPARE_EVENTS, EVENT_DTYPE)
     triggers = np.empty(n_triggers, TRIGGER_DTYPE)
     report = decode_into(words, io, faults, scratch, block_words, strict, info, events, triggers)
+    if io[IO_TRIGGERS] == 0:  # most packets: no record array to box (numba unpickles its dtype)
+        return events[:io[IO_EVENTS]], None, report
     return events[:io[IO_EVENTS]], triggers[:io[IO_TRIGGERS]], report
 
 

@@ -133,6 +133,9 @@ N_FAULT_KINDS = 5
 # that order; the kernel updates them unless a strict-mode fault leaves the decoder as it was),
 # the configuration, and the counters the kernel returns.
 IO_REGS, N_REGS = 0, 8
+_NO_TRIGGERS = np.empty(0, TRIGGER_DTYPE)
+_NO_TRIGGERS.flags.writeable = False  # shared by every chunk without triggers
+_REG_FIELDS = tuple(f.name for f in dataclasses.fields(Evt3State))[:N_REGS]
 IO_X_LIMIT, IO_Y_LIMIT, IO_MAX_JITTER = 8, 9, 10
 IO_FAULTS, IO_RESERVED, IO_JITTER, IO_WORDS_DONE, IO_CUT_EVENTS, IO_CUT_TRIGGERS = range(11, 17)
 IO_EVENTS, IO_TRIGGERS = 17, 18
@@ -173,14 +176,20 @@ _FAST_BYTES = 2 * BLOCK_WORDS
 
 def _bytes_entry_point(kernel):
     """The compiled `kernel.decode` for read-only word arrays (what `bytes` give), called
-    without numba's per-call type dispatch; None if numba does not expose it."""
+    without numba's per-call type dispatch; None if numba does not expose it (yet)."""
+    if _ENTRY_POINT:
+        return _ENTRY_POINT[0]
     try:
         for sig, compiled in kernel.decode.overloads.items():
             if not sig[0].mutable:
+                _ENTRY_POINT.append(compiled.entry_point)
                 return compiled.entry_point
     except (AttributeError, IndexError, TypeError):
         pass
     return None
+
+
+_ENTRY_POINT: list = []
 
 
 def _warm(kernel) -> None:
@@ -237,7 +246,7 @@ class Evt3Decoder:
         self.stats: dict[str, int] = {}
 
     def _set_regs(self, st: Evt3State) -> None:
-        self._io[IO_REGS:IO_REGS + N_REGS] = dataclasses.astuple(st)[:N_REGS]
+        self._io[IO_REGS:IO_REGS + N_REGS] = [getattr(st, name) for name in _REG_FIELDS]
 
     @property
     def state(self) -> Evt3State:
@@ -256,6 +265,8 @@ class Evt3Decoder:
                 events, triggers, report = direct(np.frombuffer(data, _WORD_DTYPE), self._io,
                                                   self._fault_records, self._scratch, BLOCK_WORDS,
                                                   strict)
+                if triggers is None:
+                    triggers = _NO_TRIGGERS
                 if not report:
                     return DecodedChunk(events, triggers, [], n_bytes >> 1, {})
                 return self._merge_stats(self._report(events, triggers, self._fault_records,
@@ -318,6 +329,8 @@ class Evt3Decoder:
         if n_words < _LARGE_WORDS:
             events, triggers, anything_to_report = kernel.decode(
                 words, self._io, fault_records, self._scratch, block_words, strict)
+            if triggers is None:
+                triggers = _NO_TRIGGERS
         else:
             block_words = kernel.effective_block_words(n_words, block_words)
             info = np.empty((kernel.info_rows(n_words, block_words), kernel.N_INFO), np.int64)
