@@ -129,7 +129,7 @@ _KERNEL_LOCK = threading.Lock()
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's disk cache) the selection's kernels now, not in a first job."""
+    """Compile (or load from numba's disk cache) the pipeline's kernels now, not in a first job."""
     stack = np.zeros((1, 8, 8), np.float32)
     window_mean(gradient_energy(stack, 1.0, stack), 3)
     gradient_energy(stack)
