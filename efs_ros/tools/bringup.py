@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from efs_ros.rosenv import ensure_ros_environment
-from efs_ros.tools.graph import CONFIG_DIR, GraphSpinner, NodeSpec, load_node_parameters, nodes_for
+from efs_ros.tools.graph import CONFIG_DIR, GraphSpinner, NodeSpec, create_nodes, load_node_parameters
 
 
 def node_overrides(spec: NodeSpec, args) -> dict:
@@ -48,17 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def start_graph(args, context=None):
     """Create the graph's nodes and spin each on its own executor thread."""
-    from rclpy.parameter import Parameter
-
-    nodes = []
-    try:
-        for spec in nodes_for(args.rig):
-            overrides = [Parameter(k, value=v) for k, v in node_overrides(spec, args).items()]
-            nodes.append(spec.load_class()(parameter_overrides=overrides, context=context))
-    except Exception:
-        for node in reversed(nodes):
-            node.destroy_node()
-        raise
+    nodes = create_nodes(args.rig, lambda spec: node_overrides(spec, args), context)
     return nodes, GraphSpinner(nodes, context=context).start()
 
 

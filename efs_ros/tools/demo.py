@@ -195,21 +195,18 @@ def write_results(out: Path, collector: Collector, stamps: list[int]) -> list[tu
 def run(args) -> int:
     check_modules()
     import rclpy
-    from rclpy.parameter import Parameter
 
-    from efs_ros.tools.graph import GraphSpinner, nodes_for
+    from efs_ros.tools.graph import GraphSpinner, create_nodes
 
     params = node_parameters(args)
     context = rclpy.Context()
     rclpy.init(context=context)
     nodes, spinner = [], None
     try:
-        for spec in nodes_for("sim"):
-            overrides = [Parameter(k, value=v) for k, v in params[spec.name].items()]
-            try:
-                nodes.append(spec.load_class()(parameter_overrides=overrides, context=context))
-            except Exception as exc:  # noqa: BLE001 - one line for the user
-                raise DemoError(f"node {spec.name} failed to start: {exc}") from exc
+        try:
+            nodes = create_nodes("sim", lambda spec: params[spec.name], context)
+        except ValueError as exc:  # one line for the user
+            raise DemoError(str(exc)) from exc
         listener = rclpy.create_node("efs_demo", context=context)
         nodes.append(listener)
         collector = Collector(listener)

@@ -41,6 +41,23 @@ def nodes_for(rig: str) -> list[NodeSpec]:
     return [spec for spec in GRAPH if rig in spec.rigs]
 
 
+def create_nodes(rig: str, params_for, context=None) -> list:
+    """The graph's nodes for a rig, each built with params_for(spec) as parameter overrides.
+    If one fails, those already built are destroyed and ValueError names the node."""
+    from rclpy.parameter import Parameter
+
+    nodes = []
+    for spec in nodes_for(rig):
+        overrides = [Parameter(k, value=v) for k, v in params_for(spec).items()]
+        try:
+            nodes.append(spec.load_class()(parameter_overrides=overrides, context=context))
+        except Exception as exc:
+            for node in reversed(nodes):
+                node.destroy_node()
+            raise ValueError(f"node {spec.name} failed to start: {exc}") from exc
+    return nodes
+
+
 def load_node_parameters(path: Path, node_name: str) -> dict:
     """Parameters for one node from a ROS 2 params YAML (`name:` or `/**:` sections)."""
     with open(path, encoding="utf-8") as handle:
