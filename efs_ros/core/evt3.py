@@ -265,12 +265,8 @@ class Evt3Decoder:
                 events, triggers, report = direct(np.frombuffer(data, _WORD_DTYPE), self._io,
                                                   self._fault_records, self._scratch, BLOCK_WORDS,
                                                   strict)
-                if triggers is None:
-                    triggers = _NO_TRIGGERS
-                if not report:
-                    return DecodedChunk(events, triggers, [], n_bytes >> 1, {})
-                return self._merge_stats(self._report(events, triggers, self._fault_records,
-                                                      n_bytes >> 1, strict))
+                return self._merge_stats(self._chunk(events, triggers, report, self._fault_records,
+                                                     n_bytes >> 1, strict))
         buf = _as_buffer(data)
         if self._pending:
             buf = self._pending + bytes(buf)
@@ -329,8 +325,6 @@ class Evt3Decoder:
         if n_words < _LARGE_WORDS:
             events, triggers, anything_to_report = kernel.decode(
                 words, self._io, fault_records, self._scratch, block_words, strict)
-            if triggers is None:
-                triggers = _NO_TRIGGERS
         else:
             block_words = kernel.effective_block_words(n_words, block_words)
             info = np.empty((kernel.info_rows(n_words, block_words), kernel.N_INFO), np.int64)
@@ -341,6 +335,13 @@ class Evt3Decoder:
                 words, self._io, fault_records, self._scratch, block_words, strict, info, events, triggers)
             events = events[:self._io[IO_EVENTS]]
             triggers = triggers[:self._io[IO_TRIGGERS]]
+        return self._chunk(events, triggers, anything_to_report, fault_records, n_words, strict)
+
+    def _chunk(self, events, triggers, anything_to_report, fault_records, n_words: int,
+               strict: bool) -> DecodedChunk:
+        """The chunk of a kernel call (triggers None: the kernel found none)."""
+        if triggers is None:
+            triggers = _NO_TRIGGERS
         if not anything_to_report:
             return DecodedChunk(events, triggers, [], n_words, {})
         return self._report(events, triggers, fault_records, n_words, strict)
