@@ -345,10 +345,7 @@ def _salvage_mcap(files: list[Path], wanted, required, open_error: str):
             topic, msgtype = channels.get(cid, ("", ""))
             if topic not in wanted:
                 continue
-            try:
-                msg = store.deserialize_cdr(bytes(raw), msgtype)
-            except Exception as exc:  # noqa: BLE001
-                raise _CutError(f"corrupt {topic} message at {log_time} ns ({_one_line(exc)})") from None
+            msg = _deserialize(store, raw, topic, msgtype, log_time)
             count += 1
             yield topic, _plain(topic, msg), int(log_time)
     except _CutError as exc:
@@ -361,6 +358,14 @@ def _salvage_mcap(files: list[Path], wanted, required, open_error: str):
         reason = open_error
     raise RecordingError(f"{name}: truncated or corrupt mcap ({reason}); {count} messages read "
                          "before the fault")
+
+
+def _deserialize(store, raw, topic: str, msgtype: str, stamp_ns: int):
+    """One salvaged message; _CutError naming the topic and stamp if its CDR does not parse."""
+    try:
+        return store.deserialize_cdr(bytes(raw), msgtype)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt message
+        raise _CutError(f"corrupt {topic} message at {stamp_ns} ns ({_one_line(exc)})") from None
 
 
 # ----------------------------------------------------------- sqlite3 salvage (storage order)
@@ -394,11 +399,10 @@ def _salvage_sqlite(files: list[Path], wanted, required, open_error: str):
                 if topic not in wanted:
                     continue
                 try:
-                    msg = store.deserialize_cdr(bytes(data), msgtype)
-                except Exception as exc:  # noqa: BLE001
-                    raise RecordingError(f"{name}: corrupt {topic} message at {stamp} ns "
-                                         f"({_one_line(exc)}); {count} messages read before "
-                                         "the fault") from None
+                    msg = _deserialize(store, data, topic, msgtype, stamp)
+                except _CutError as exc:
+                    raise RecordingError(f"{name}: {exc}; {count} messages read before the "
+                                         "fault") from None
                 count += 1
                 yield topic, _plain(topic, msg), int(stamp)
         except sqlite3.Error as exc:
