@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .depth import depth_from_refocus_map
+from .events import EVENT_DTYPE
 from .job import SweepJob, SweepResult
 from .merge import focus_weights, merge_focus, merge_gradient, merge_refocus_map, merge_stack
 from .refocus import (
@@ -290,3 +291,12 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
             "event_filter_us": filter_us, "times_s": times,
             "n_events": stack.n_events, "patch_times_s": sel.patch_times_s}
     return result, info
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the pipeline's kernels now, not in a first job."""
+    stack = np.zeros((1, 8, 8), np.float32)
+    focus_measure(stack, 3, 1.0, stack)  # gradient energy and box mean (one specialisation each)
+    events = np.zeros(2, EVENT_DTYPE)
+    events["t"], events["p"] = (0, 1), 1
+    event_bins_between(events, 0, 2, 2, 8, 8)

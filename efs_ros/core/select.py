@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .events import EVENT_DTYPE
-from .refocus import Refocuser, event_bins_between, pipeline_kernels
+from .refocus import Refocuser, pipeline_kernels
 
 GOLDEN = 1.618
 """The paper's phi; brackets shrink by 1/phi per step."""
@@ -126,16 +125,6 @@ def window_mean(energy: np.ndarray, window: int, floor: bool = True) -> np.ndarr
 
 
 _KERNEL_LOCK = threading.Lock()
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's disk cache) the pipeline's kernels now, not in a first job."""
-    stack = np.zeros((1, 8, 8), np.float32)
-    window_mean(gradient_energy(stack, 1.0, stack), 3)
-    gradient_energy(stack)
-    events = np.zeros(2, EVENT_DTYPE)
-    events["t"], events["p"] = (0, 1), 1
-    event_bins_between(events, 0, 2, 2, 8, 8)
 
 
 def focus_measure(lum: np.ndarray, window: int = 9, presmooth: float = 0.0,

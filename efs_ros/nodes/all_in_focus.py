@@ -307,7 +307,7 @@ def _run_in_child(job, settings: NodeSettings | None):
 
 
 def _warm_up_pipeline() -> None:
-    from efs_ros.core.select import warm_up
+    from efs_ros.core.pipeline import warm_up
 
     warm_up()
 
