@@ -17,6 +17,8 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/models", [f for f in glob("models/*") if os.path.isfile(f)]),
     ],
+    # PEP 561 marker (efs_ros/py.typed): the code is annotated, so type checkers of packages that
+    # import efs_ros use its annotations.
     package_data={PACKAGE: ["py.typed"]},
     install_requires=["setuptools"],
     zip_safe=False,

@@ -2,6 +2,9 @@
 one-shot decoding, exact round trips (vectors, triggers, clock wraps) and faults on bad input."""
 from __future__ import annotations
 
+import evt3
+import faery
+import numba  # noqa: F401 - the compiled backend is checked below: without numba that is an error
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -118,7 +121,6 @@ def assert_same(a: np.ndarray, b: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def test_real_recording_matches_evt3_package_event_for_event(real_packets, real_decoded):
-    evt3 = pytest.importorskip("evt3")
     packets, width, height = real_packets
     assert len(packets) == 105 and (width, height) == (1280, 720)
     ours = real_decoded.events
@@ -136,8 +138,6 @@ def test_real_recording_matches_evt3_package_event_for_event(real_packets, real_
 
 
 def test_real_recording_events_and_triggers_match_faery_and_evt3_files(real_packets, real_decoded, tmp_path):
-    faery = pytest.importorskip("faery")
-    evt3 = pytest.importorskip("evt3")
     packets, width, height = real_packets
     raw = tmp_path / "real.raw"
     raw.write_bytes(f"% evt 3.0\n% format EVT3;height={height};width={width}\n% end\n".encode()
@@ -174,7 +174,6 @@ def test_real_recording_events_and_triggers_match_faery_and_evt3_files(real_pack
 def test_random_word_soup_decodes_like_evt3(seed):
     """Random streams of every word type (vectors, triggers, OTHERS/CONTINUED, TIME_LOW jumping
     back and forth inside a TIME_HIGH) agree with the independent decoder event for event."""
-    evt3 = pytest.importorskip("evt3")
     rng = np.random.default_rng(seed)
     n = 500
     types = rng.choice([0x0, 0x2, 0x2, 0x2, 0x3, 0x4, 0x5, 0x6, 0x6, 0x8, 0xA, 0xE, 0x7, 0xF], n)
@@ -315,7 +314,6 @@ def test_round_trip_across_packets_carries_wraps():
 def test_encoder_output_is_read_by_independent_decoder(synthetic_stream):
     """evt3 (Prophesee's wrap rule: a TIME_HIGH drop of nearly the full range) reads our vectors,
     wraps and gaps of several clock periods the same way."""
-    evt3 = pytest.importorskip("evt3")
     events, _, data = synthetic_stream
     assert word_types(data)[codec.VECT_12] > 0
     ref = evt3.decode_bytes(data)
@@ -569,7 +567,6 @@ def _assert_same_chunk(a: DecodedChunk, b: DecodedChunk) -> None:
 
 def assert_backends_agree(data: bytes, cuts=(), **options) -> list:
     """Decode with both backends and compare everything; returns the numpy backend's outcomes."""
-    pytest.importorskip("numba")
     (ref, ref_state, ref_stats), (got, got_state, got_stats) = (
         _decode_all(data, cuts, backend, **options) for backend in BACKENDS)
     assert len(ref) == len(got)
@@ -587,7 +584,6 @@ def assert_backends_agree(data: bytes, cuts=(), **options) -> list:
 
 
 def test_backends_are_chosen_and_validated():
-    pytest.importorskip("numba")
     assert Evt3Decoder().backend == "numba"
     assert Evt3Decoder(backend="numpy").backend == "numpy"
     assert codec.warm_up("numpy") == "numpy"
@@ -599,7 +595,6 @@ def test_backends_are_chosen_and_validated():
 
 def test_compiled_kernel_releases_the_gil():
     """The live node decodes in a callback thread while a worker computes."""
-    pytest.importorskip("numba")
     from efs_ros.core import _evt3_kernel as kernel
 
     for name in ("scan_words", "decode", "decode_into", "_general", "_fast", "encode"):
@@ -611,7 +606,6 @@ def test_compiled_kernel_releases_the_gil():
 def test_kernel_pre_pass_counts_and_sub_block_facts(seed, n_words, block_words):
     """The compiled pre-pass (16-bit SIMD lanes plus a scalar tail) sizes the outputs and picks
     each sub-block's path: its counts and facts are checked against plain numpy."""
-    pytest.importorskip("numba")
     from efs_ros.core import _evt3_kernel as kernel
 
     rng = np.random.default_rng(seed)
@@ -762,8 +756,6 @@ def test_backends_agree_on_every_fault(name, strict, max_jitter):
 def test_time_order_is_checked_on_events_outside_the_sensor_too(backend):
     """An event word counts for time order wherever its events are: dropping it for being outside
     the sensor does not hide the backward step it made."""
-    if backend == "numba":
-        pytest.importorskip("numba")
     out = decode_evt3(FAULT_CASES["out of range and backwards"], width=100, height=50, backend=backend)
     assert out.stats == {"time_jitter": 1, "dropped_events": 1, "faults": 1}
     assert out.events["t"].tolist() == [4101, 4101, 4105]
@@ -771,8 +763,6 @@ def test_time_order_is_checked_on_events_outside_the_sensor_too(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_clean_streams_are_decoded_exactly_by_both_backends(synthetic_stream, backend):
-    if backend == "numba":
-        pytest.importorskip("numba")
     events, triggers, data = synthetic_stream
     out = decode_evt3(data, 1280, 720, strict=True, backend=backend)
     assert_same(out.events, events)
@@ -795,7 +785,6 @@ def word_types_of(data: bytes) -> np.ndarray:
 
 def _encode_both(pieces, vectorize=True) -> list:
     """Encode the (events, triggers) pieces as one stream with each backend: bytes or error."""
-    pytest.importorskip("numba")
     outcomes = []
     for backend in BACKENDS:
         encoder = Evt3Encoder(vectorize=vectorize, backend=backend)

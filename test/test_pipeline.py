@@ -554,7 +554,7 @@ def test_no_events_returns_the_frame(sweep):
 
 @pytest.fixture(scope="module")
 def sim_two_planes():
-    rig_mod = pytest.importorskip("efs_ros.sim.rig")
+    from efs_ros.sim import rig as rig_mod
     from efs_ros.sim.scene import fronto_scene
     from efs_ros.sim.sensor import SensorConfig
 
