@@ -80,6 +80,7 @@ from efs_ros.nodes.common import (
     qos,
     read_settings,
     spin_node_main,
+    take_queued,
     text_param,
 )
 from efs_ros.nodes.convert import as_uint8, joint_state_focus, stamp_to_ns, uint8_array
@@ -100,6 +101,9 @@ MAX_HEADERS_KEPT = 512
 """Frame headers remembered for the outputs (frame_id); far more than frames in flight."""
 POLL_S = 0.02
 """How often the worker asks the assembler for finished jobs (adds at most this to latency)."""
+EVENT_BATCH = 500
+"""Event packets taken per wake-up at most (0.5 s of 1 ms packets; ~10 ms of work), so frames
+and lens states, in the same callback group, wait at most that long."""
 FAILED_JOBS_ERROR = 3
 """Consecutive pipeline failures that turn the diagnostics to ERROR."""
 
@@ -397,8 +401,9 @@ class AllInFocusNode(Node):
             return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability)
 
         inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(EventPacket, EVENTS_TOPIC, self._on_events,
-                                 input_qos(settings.events_queue_depth), callback_group=inputs)
+        self._events_sub = self.create_subscription(
+            EventPacket, EVENTS_TOPIC, self._on_events, input_qos(settings.events_queue_depth),
+            callback_group=inputs)
         self.create_subscription(Image, FRAMES_TOPIC, self._on_frame, input_qos(30),
                                  callback_group=inputs)
         self.create_subscription(JointState, FOCUS_TOPIC, self._on_focus, input_qos(500),
@@ -465,6 +470,13 @@ class AllInFocusNode(Node):
         self._flushed = False
 
     def _on_events(self, msg: EventPacket) -> None:
+        """This packet and those queued behind it (take_queued: one wake-up per batch, not
+        per packet, so the node keeps up with 1 ms packets and more)."""
+        self._add_event_packet(msg)
+        for queued in take_queued(self._events_sub, EVENT_BATCH):
+            self._add_event_packet(queued)
+
+    def _add_event_packet(self, msg: EventPacket) -> None:
         try:
             stamp = stamp_to_ns(msg.header.stamp)
             with self._lock:

@@ -21,6 +21,23 @@ def qos(depth: int = 10, reliable: bool = True, latched: bool = False) -> QoSPro
         durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
+def take_queued(subscription, limit: int):
+    """The messages already waiting in a subscription's queue, taken from inside its callback.
+
+    rclpy's executors take one message per subscription per wake-up, and a wake-up costs a
+    wait-set rebuild in Python: on 2 cores a no-op callback got 4 400 small messages/s that
+    way, against 20 000+/s when the callback takes the rest of the queue itself (the
+    executor's own take call, looped). `limit` bounds one batch so other callbacks of the same
+    group still get their turn."""
+    handle, msg_type, raw = subscription.handle, subscription.msg_type, subscription.raw
+    for _ in range(limit):
+        with handle:
+            taken = handle.take_message(msg_type, raw)
+        if taken is None:
+            return
+        yield taken[0]
+
+
 def float_param(description: str, low: float, high: float, step: float = 0.0,
                 read_only: bool = False) -> ParameterDescriptor:
     """A double parameter with an inclusive range that ROS enforces on every set."""

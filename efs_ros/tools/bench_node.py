@@ -40,6 +40,13 @@ SLOT_US = 4096
 """Sensor time per pre-encoded slot: one TIME_HIGH period, so one word re-times a slot."""
 STAMP_DELAY_NS = 1_000_000
 """Packet stamp = its first event's ROS time + this (CONTRACT: 0..5 ms later)."""
+UNKNOWN_WORD = (0xB << 12).to_bytes(2, "little")
+"""An EVT3 word of a reserved type: skipped and counted as a decode fault."""
+PACKETS_PER_SLOT = 4
+"""Small-packet rate bench: a 4096 us slot cut in 4, so each packet holds ~1 ms of events,
+as metavision_driver sends them by default."""
+DRIVER_PACKETS_PER_S = 1000
+"""metavision_driver's default: one packet per millisecond of sensor time."""
 MAX_LAG_SLOTS = 12
 """A publisher this many slots (~50 ms) behind real time skips ahead (a gap, counted)."""
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +63,8 @@ class BusyStream:
     each packet's first-event offset in the slot (for its stamp)."""
 
     def __init__(self, width: int, height: int, events_per_s: float,
-                 packet_bytes: int = 32_768, templates: int = 8, seed: int = 0):
+                 packet_bytes: int = 32_768, templates: int = 8, seed: int = 0,
+                 packets_per_slot: int = 0, faulty: bool = False):
         if width < 96:
             raise ValueError(f"busy-scene packets need a sensor at least 96 wide, got {width}")
         self.events_per_slot = int(round(events_per_s * SLOT_US * 1e-6))
@@ -70,8 +78,14 @@ class BusyStream:
             data = encode_evt3(events)
             if int.from_bytes(data[:2], "little") != TIME_HIGH << 12:
                 raise AssertionError("a slot must start with TIME_HIGH 0")
-            step = max(2, packet_bytes // 2 * 2)
-            packets = [data[j:j + step] for j in range(0, len(data), step)]
+            if packets_per_slot:  # equal shares of the slot's words (~1 ms packets for 4)
+                cuts = np.linspace(0, len(data) // 2, packets_per_slot + 1).astype(int) * 2
+            else:
+                cuts = np.r_[np.arange(0, len(data), max(2, packet_bytes // 2 * 2)), len(data)]
+            packets = [data[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+            if faulty:  # one word of a type no EVT3 producer emits in every packet (a fault)
+                packets = [p[:max(2, len(p) // 4 * 2)] + UNKNOWN_WORD + p[max(2, len(p) // 4 * 2):]
+                           for p in packets]
             decoder = Evt3Decoder(width, height)
             offsets = []
             for packet in packets:
@@ -190,6 +204,135 @@ def run_publisher(phases: list[Phase], width: int, height: int, lens: bool,
         node.destroy_node()
         rclpy.try_shutdown()
     return phases
+
+
+@dataclass
+class PacketPhase:
+    """Small-packet rate phase: `count` packets at `packets_per_s` (0 = as fast as possible)."""
+    packets_per_s: float
+    count: int
+    faulty: bool = False
+
+
+def parse_packet_phase(text: str) -> PacketPhase:
+    rate, count, *flag = text.split(":")
+    return PacketPhase(float(rate), int(count), flag == ["faulty"])
+
+
+def run_packet_publisher(phases: list[PacketPhase], width: int, height: int,
+                         events_per_s: float, gap_s: float = 2.0, report=None) -> None:
+    """Publish ~1 ms packets of a quiet scene at set packet rates, then pause `gap_s` (the node
+    drains). Stamps follow sensor time (first event + 1 ms), not the wall clock, so any packet
+    rate is a consistent stream. One JSON line per phase: packets sent, last seq, wall time."""
+    import rclpy
+    from event_camera_msgs.msg import EventPacket
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    from efs_ros.nodes.convert import make_event_packet
+
+    report = report or (lambda line: print(line, flush=True))
+    streams = {f: BusyStream(width, height, events_per_s, packets_per_slot=PACKETS_PER_SLOT,
+                             faulty=f) for f in {p.faulty for p in phases}}
+    rclpy.init()
+    node = rclpy.create_node("efs_bench_packet_publisher")
+    events_pub = node.create_publisher(EventPacket, "/event_camera/events", QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
+    while events_pub.get_subscription_count() < 1:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the subscription's reader matches ours too
+    base_ns = time.time_ns() // 1000 // SLOT_US * SLOT_US * 1000
+    seq, slot = 0, 0
+    try:
+        for phase in phases:
+            stream = streams[phase.faulty]
+            pending: list[tuple[bytes, int]] = []
+            sent = events = 0
+            start = time.monotonic()
+            while sent < phase.count:
+                due = phase.count if phase.packets_per_s <= 0 else \
+                    min(phase.count, int((time.monotonic() - start) * phase.packets_per_s) + 1)
+                while sent < due:
+                    if not pending:
+                        packets, offsets, n = stream.slot(slot)
+                        ros = base_ns + slot * SLOT_US * 1000 + STAMP_DELAY_NS
+                        pending = [(pk, ros + off * 1000) for pk, off in zip(packets, offsets,
+                                                                              strict=True)][::-1]
+                        events += n
+                        slot += 1
+                    packet, stamp = pending.pop()
+                    events_pub.publish(make_event_packet(stamp, packet, width, height, seq))
+                    seq += 1
+                    sent += 1
+                if sent < phase.count:
+                    time.sleep(0.0002)
+            wall = time.monotonic() - start
+            report(json.dumps({"packets_per_s": phase.packets_per_s, "faulty": phase.faulty,
+                               "sent_packets": sent, "sent_events": events, "last_seq": seq - 1,
+                               "wall_s": round(wall, 4), "start_monotonic": start,
+                               "end_monotonic": start + wall}))
+            time.sleep(gap_s)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def packet_rate(phases: list[str], events_per_s: float = 100_000, width: int = 1280,
+                height: int = 720, tmp: Path | None = None) -> list[dict]:
+    """The node with its shipped defaults (best-effort input, 1000-packet queue), fed ~1 ms
+    packets at each phase's rate: packets/s it counted, lost (seq gaps), and the backlog it
+    still had when the phase ended (packets sent, not yet counted) and how long it took to
+    drain it."""
+    import tempfile
+
+    env = _ros_env()
+    tmp = Path(tmp or tempfile.mkdtemp(prefix="efs_bench_packets_"))
+    node = start_node({"backend": "classical"}, tmp / "node.log", env)
+    watch = None
+    rows = []
+    try:
+        watch = DiagnosticsWatch()
+        if not watch.wait(lambda v: True, 60):
+            raise RuntimeError(f"no diagnostics from the node (log: {tmp / 'node.log'})")
+        cmd = [sys.executable, "-m", "efs_ros.tools.bench_node", "--publish-packets",
+               "--width", str(width), "--height", str(height), "--events-per-s",
+               str(events_per_s), *(a for p in phases for a in ("--phase", p))]
+        publisher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
+        sent_before = 0
+        for line in publisher.stdout:
+            info = json.loads(line)
+            end = info["end_monotonic"]
+            counted = info["last_seq"] + 1
+
+            def total(v):
+                return int(v["events_received"]) + int(v["packets_lost"])
+            drained = watch.wait(lambda v, n=counted: total(v) >= n, 10)
+            last = watch.latest()
+            after = watch.between(end, time.monotonic())
+            at_end = after[0][1] if after else None  # the first report after the last packet
+            done_at = next((t for t, v in after if total(v) >= counted), None)
+            window = watch.between(info["start_monotonic"] + 0.5, end + 0.2)
+            first = window[0][1] if window else last
+            lost = int(last["packets_lost"]) - int(first["packets_lost"]) if first else -1
+            rows.append({
+                "section": "packet rate", "faulty": info["faulty"],
+                "target_packets_per_s": info["packets_per_s"],
+                "sent_packets_per_s": info["sent_packets"] / info["wall_s"],
+                "node_packets_per_s": sustained_rate(window, "events_received"),
+                "node_events_per_s": sustained_rate(window, "events_decoded"),
+                "packets": info["sent_packets"], "lost": lost,
+                "backlog_at_end": counted - total(at_end) if at_end else -1,
+                "drain_s": (done_at - end) if drained and done_at else float("nan"),
+                "counted_all": drained, "first_seq": sent_before})
+            sent_before = counted
+        publisher.wait(timeout=30)
+        if publisher.returncode:
+            raise RuntimeError(f"publisher failed: {publisher.stderr.read()[-500:]}")
+    finally:
+        if watch is not None:
+            watch.close()
+        stop(node)
+    return rows
 
 
 # ------------------------------------------------------------------------- (a) in-process ingest
@@ -414,7 +557,8 @@ def live_throughput(rates_m: list[float], seconds: float, width: int = 1280, hei
 # ------------------------------------------------------------------------------- bench entry
 
 def run(quick: bool = False, report=print) -> list[dict]:
-    """Bench rows: (a) in-process ingest vs bare decoder, (b) live node over DDS."""
+    """Bench rows: (a) in-process ingest vs bare decoder, (b) live node over DDS, (c) small
+    packets per second."""
     rows = ingest_capacity(n_events=2_000_000 if quick else 6_000_000, repeats=2 if quick else 4)
     report("   (a) in-process, 1280x720 busy-scene packets of 32 KiB, best of repeats")
     report(f"   {'path':40s} {'events':>9s} {'packets':>8s} {'ms':>8s} {'M ev/s':>8s}")
@@ -449,7 +593,30 @@ def run(quick: bool = False, report=print) -> list[dict]:
             limit = "the live rate is near the in-process path's: decoding and buffering limit it"
         report(f"   live node sustains {best['node_m_events_per_s']:.1f} M events/s end to end "
                f"(in-process path {node_path:.1f}, bare decoder {bare:.1f}); {limit}")
-    return rows + live
+    packets = packet_rate(PACKET_PHASES_QUICK if quick else PACKET_PHASES)
+    report_packet_rate(packets, report)
+    return rows + live + packets
+
+
+PACKET_PHASES = ("1000:6000", "5000:30000", "10000:60000", "0:120000", "5000:30000:faulty",
+                 "0:120000:faulty")
+"""PACKETS_PER_S:COUNT[:faulty], 0 = as fast as the publisher goes; ~6 s each."""
+PACKET_PHASES_QUICK = ("1000:3000", "5000:15000", "0:60000", "5000:15000:faulty")
+
+
+def report_packet_rate(rows: list[dict], report=print) -> None:
+    report("   (c) small packets into the node (shipped defaults: best effort, 1000-packet queue): "
+           f"~1 ms of a quiet 1280x720 scene each; metavision_driver sends {DRIVER_PACKETS_PER_S}"
+           "/s; 'faulty' = one bad word in every packet (a counted decode fault)")
+    report(f"   {'packets':8s} {'target/s':>9s} {'sent/s':>8s} {'node/s':>8s} {'x driver':>9s} "
+           f"{'M ev/s':>7s} {'lost':>6s} {'backlog':>8s} {'drain s':>8s}")
+    for r in rows:
+        target = f"{r['target_packets_per_s']:.0f}" if r["target_packets_per_s"] > 0 else "max"
+        report(f"   {'faulty' if r['faulty'] else 'clean':8s} {target:>9s} "
+               f"{r['sent_packets_per_s']:8.0f} {r['node_packets_per_s']:8.0f} "
+               f"{r['node_packets_per_s'] / DRIVER_PACKETS_PER_S:8.1f}x "
+               f"{r['node_events_per_s'] / 1e6:7.2f} {r['lost']:6d} {r['backlog_at_end']:8d} "
+               f"{r['drain_s']:8.2f}")
 
 
 def main(argv=None) -> int:
@@ -464,7 +631,18 @@ def main(argv=None) -> int:
     parser.add_argument("--frame-rate", type=float, default=10.0)
     parser.add_argument("--packet-bytes", type=int, default=32_768)
     parser.add_argument("--no-lens", action="store_true", help="publisher: events only")
+    parser.add_argument("--publish-packets", action="store_true",
+                        help="be the small-packet publisher: --phase PACKETS_PER_S:COUNT[:faulty]")
+    parser.add_argument("--events-per-s", type=float, default=100_000,
+                        help="small-packet publisher: the scene's event rate")
     args = parser.parse_args(argv)
+    if args.publish_packets:
+        from efs_ros.rosenv import ensure_ros_environment
+
+        ensure_ros_environment()
+        run_packet_publisher([parse_packet_phase(p) for p in args.phase], args.width,
+                             args.height, args.events_per_s)
+        return 0
     if args.publish:
         from efs_ros.rosenv import ensure_ros_environment
 
