@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from progress import STALL_S, wait_for_progress
 
 from efs_ros.core.waveform import TriangleSweep, WaveformError
 from efs_ros.nodes.focus_controller import ControllerSettings, slope, validate_settings
@@ -117,21 +118,29 @@ class Probe:
         with self.lock:
             return [row for row in self.focus if row[0] >= t0]
 
-    def window(self, seconds):
-        """Focus messages that arrive during the next `seconds`."""
+    def next_focus(self, count, skip=0):
+        """The next `count` focus messages (after skipping `skip`): fixed work, not a time
+        window, so a slower machine gives the same verdict (fails only if the stream stops)."""
         t0 = time.monotonic()
-        time.sleep(seconds)
-        return [row for row in self.focus_since(t0) if row[0] < t0 + seconds]
+        wait_for_progress(lambda: len(self.focus_since(t0)),
+                          lambda: len(self.focus_since(t0)) >= skip + count,
+                          f"{skip + count} /lens/focus_state messages")
+        return self.focus_since(t0)[skip:skip + count]
 
-    def wait_for(self, predicate, timeout, what):
+    def diagnostics_since(self, t0):
+        with self.lock:
+            return [row for row in self.diagnostics if row[0] >= t0]
+
+    def wait_for(self, predicate, what, timeout=STALL_S):
+        """Until predicate(); a generous stall window for things that are one event away."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if predicate():
                 return
             time.sleep(0.02)
-        pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        pytest.fail(f"nothing after {timeout} s waiting for {what}")
 
-    def call(self, srv_type, name, request, timeout=10.0):
+    def call(self, srv_type, name, request, timeout=STALL_S):
         client = self.node.create_client(srv_type, name)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
@@ -167,7 +176,7 @@ def rig(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT)
     probe = Probe()
     try:
-        probe.wait_for(lambda: len(probe.focus) > 50 or proc.poll() is not None, 30.0,
+        probe.wait_for(lambda: len(probe.focus) > 50 or proc.poll() is not None,
                        "the first /lens/focus_state messages")
         if proc.poll() is not None:
             log.seek(0)
@@ -208,8 +217,7 @@ def turning_points(position):
 
 def test_focus_state_stream(sweeping):
     emulator, proc, probe = sweeping
-    rows = probe.window(2.0)
-    assert len(rows) > 150 * 2.0, f"{len(rows) / 2.0:.0f} Hz"  # contract: >= 200 Hz, checked loosely
+    rows = probe.next_focus(500)  # 2 s at 250 Hz; the rate itself is measured by `make bench`
     assert all(row[2] == ["focus"] for row in rows)
     stamps = np.array([row[1] for row in rows])
     assert np.all(np.diff(stamps) > 0)
@@ -219,7 +227,7 @@ def test_focus_state_stream(sweeping):
     assert position.min() == pytest.approx(FAR, abs=0.05)
     # Monotonic between turning points, and the lens turns only at the ends of the range.
     turns = turning_points(position)
-    assert len(turns) >= 4  # 2 s holds several 0.35 s sweeps
+    assert len(turns) >= 4  # 500 samples (2 s or more) hold several 0.35 s sweeps
     for i in turns:
         assert min(abs(position[i] - NEAR), abs(position[i] - FAR)) < 0.1, position[i - 3:i + 3]
     # Mid-sweep velocity is the sweep rate, with the sign of the motion.
@@ -229,10 +237,11 @@ def test_focus_state_stream(sweeping):
     assert np.median(np.abs(velocity[mid])) == pytest.approx(rate, rel=0.2)
     assert np.all(velocity[mid] * trend >= 0)  # same sign wherever consecutive readings differ
     _, level, message, values = probe.diagnostics[-1]
-    assert level == 0, message
+    # OK, or (a loaded machine) the documented WARN for a rate below target, never an error
+    assert level == 0 or (level == 1 and "below target" in message), message
     assert values["connected"] == "True" and values["errors"] == "0"
     assert float(values["temperature_c"]) == pytest.approx(emulator.temperature_c)
-    assert float(values["publish_rate_hz"]) > 150
+    assert float(values["target_rate_hz"]) == 250.0
     assert proc.poll() is None
 
 
@@ -242,16 +251,14 @@ def test_stop_and_start_services(sweeping):
     emulator, proc, probe = sweeping
     reply = probe.call(Trigger, "/focus_controller/stop", Trigger.Request())
     assert reply.success and "stopped" in reply.message
-    time.sleep(0.1)  # let the lens settle on the held value
-    held = probe.window(0.5)
-    assert len(held) > 20
+    held = probe.next_focus(60, skip=25)  # skip: 0.1 s for the lens to settle on the held value
     position = np.array([row[3] for row in held])
     assert np.ptp(position) < 0.01
     assert FAR - 0.05 <= position.mean() <= NEAR + 0.05
     assert np.abs([row[4] for row in held]).max() < 0.5
     reply = probe.call(Trigger, "/focus_controller/start", Trigger.Request())
     assert reply.success and "started" in reply.message
-    moving = np.array([row[3] for row in probe.window(0.5)])
+    moving = np.array([row[3] for row in probe.next_focus(125)])  # 0.5 s of samples or more
     assert np.ptp(moving) > 1.0
     # Restarting continues from the held value: no jump bigger than one sample of a sweep.
     first = moving[0]
@@ -275,9 +282,8 @@ def test_parameters_validated_and_applied_live(sweeping):
     assert not slow.successful and slow.reason
     faster = SWEEP_S / 2
     assert set_double("sweep_duration_s", faster).successful
-    try:
-        time.sleep(0.2)
-        rows = probe.window(1.0)
+    try:  # skip 50 samples: the velocity estimate spans a few from before the change
+        rows = probe.next_focus(250, skip=50)
     finally:
         assert set_double("sweep_duration_s", SWEEP_S).successful
     position = np.array([row[3] for row in rows])
@@ -291,17 +297,21 @@ def test_unplug_reports_error_and_replug_recovers(sweeping):
     emulator, proc, probe = sweeping
     emulator.unplug()
     t_unplug = time.monotonic()
-    probe.wait_for(lambda: any(t > t_unplug and level == 2 for t, level, *_ in probe.diagnostics), 10.0,
+    probe.wait_for(lambda: any(t > t_unplug and level == 2 for t, level, *_ in probe.diagnostics),
                    "an ERROR diagnostic after unplugging")
-    time.sleep(0.2)
-    assert probe.window(0.5) == []  # no focus state without a lens
+    t_error = next(t for t, level, *_ in probe.diagnostics if t > t_unplug and level == 2)
+    # no focus state without a lens: none between the next diagnostics report and the 4th after
+    # it (the node's own reports mark time passing on its side, whatever the machine's speed)
+    probe.wait_for(lambda: len(probe.diagnostics_since(t_error)) >= 5, "4 more diagnostics")
+    marks = [t for t, *_ in probe.diagnostics_since(t_error)]
+    assert [row for row in probe.focus_since(marks[1]) if row[0] < marks[4]] == []
     assert proc.poll() is None
     emulator.replug()
     t_replug = time.monotonic()
-    probe.wait_for(lambda: any(t > t_replug and level == 0 for t, level, *_ in probe.diagnostics), 10.0,
+    probe.wait_for(lambda: any(t > t_replug and level in (0, 1) for t, level, *_ in probe.diagnostics),
                    "an OK diagnostic after replugging")
-    probe.wait_for(lambda: len(probe.focus_since(t_replug)) > 50, 10.0, "focus state after replugging")
-    assert np.ptp([row[3] for row in probe.window(0.5)]) > 1.0  # sweeping again
+    probe.wait_for(lambda: len(probe.focus_since(t_replug)) > 50, "focus state after replugging")
+    assert np.ptp([row[3] for row in probe.next_focus(125)]) > 1.0  # sweeping again
     assert proc.poll() is None
 
 
@@ -334,10 +344,12 @@ def test_node_constructible_in_process_with_overrides():
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         executor.add_node(listener)
-        end = time.monotonic() + 20.0
-        while len(received) < 200 and time.monotonic() < end:
+        idle_since, before = time.monotonic(), 0
+        while len(received) < 200:  # fails only when the stream stops
             executor.spin_once(timeout_sec=0.05)
-        assert len(received) >= 200
+            if len(received) != before:
+                idle_since, before = time.monotonic(), len(received)
+            assert time.monotonic() - idle_since < STALL_S, f"stuck at {len(received)} messages"
         assert min(received) > 1.0 - 0.05, min(received)  # never past the far end
         assert max(received) < 4.0 + 0.05, max(received)  # nor past the near end
         assert np.ptp(received) > 2.0
