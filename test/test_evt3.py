@@ -851,3 +851,30 @@ def test_encoder_backends_reject_the_same_input():
         error_type, text = _encode_both(pieces)[-1]
         assert message in text
         assert error_type is (TypeError if "fields" in message else ValueError)
+
+
+def test_fault_lines_are_formatted_when_read_not_per_packet():
+    """A fault in every packet is counted at once; its text is made only when someone reads it
+    (the node reports the latest once a second), and then equals the numpy reference's."""
+    import efs_ros.core.evt3 as evt3_module
+
+    rng = np.random.default_rng(3)
+    ev = np.zeros(200, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(0, 3000, ev.size))
+    ev["x"], ev["y"] = rng.integers(0, 64, ev.size), rng.integers(0, 48, ev.size)
+    ev["p"] = rng.choice(np.array([-1, 1], np.int8), ev.size)
+    words = np.frombuffer(encode_evt3(ev), "<u2").copy()
+    bad = np.insert(words, [5, 40], np.uint16(0xB << 12)).tobytes()  # two unknown-type words
+    formatted = []
+    original = evt3_module._fault_message
+    try:
+        evt3_module._fault_message = lambda *a: formatted.append(a) or original(*a)
+        chunk = Evt3Decoder(64, 48, backend="numba").decode(bad)
+        assert len(chunk.faults) == 1 and formatted == []  # one record (kind x block), no text
+        lines = list(chunk.faults)
+        assert len(formatted) == 1 and chunk.faults[-1:] == lines[-1:]
+    finally:
+        evt3_module._fault_message = original
+    reference = Evt3Decoder(64, 48, backend="numpy").decode(bad)
+    assert lines == reference.faults and "unknown word type 0xB" in lines[0]
+    np.testing.assert_array_equal(chunk.events, reference.events)

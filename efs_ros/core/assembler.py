@@ -48,6 +48,8 @@ from efs_ros.core.sweeps import Sweep, SweepConfig, SweepTracker
 from efs_ros.core.timesync import ClockFit, ClockSync, SyncConfig
 
 EVENT_ENCODINGS = ("evt3",)
+MAX_DECODER_LINES = 3
+"""Decoder fault lines kept per packet (the newest)."""
 TOPIC_EVENTS, TOPIC_FRAMES, TOPIC_FOCUS = "events", "frames", "focus"
 
 
@@ -97,7 +99,8 @@ class JobAssembler:
 
     def __init__(self, config: AssemblerConfig | None = None):
         self.config = config or AssemblerConfig()
-        self.faults: deque[str] = deque(maxlen=self.config.max_faults_kept)
+        self._fault_log: deque = deque(maxlen=self.config.max_faults_kept)
+        """Lines, or (prefix, a chunk's decoder faults) formatted only when `faults` is read."""
         self._counters = dict.fromkeys((
             "packets", "packets_rejected", "events", "triggers", "decode_faults",
             "packets_lost", "seq_restarts", "events_dropped_overflow", "events_pruned",
@@ -141,7 +144,19 @@ class JobAssembler:
         self._last_stamp: dict[str, int] = {}
 
     def _fault(self, message: str) -> None:
-        self.faults.append(message)
+        self._fault_log.append(message)
+
+    @property
+    def faults(self) -> deque[str]:
+        """The latest fault lines, oldest first (at most max_faults_kept)."""
+        lines: deque[str] = deque(maxlen=self.config.max_faults_kept)
+        for entry in self._fault_log:
+            if isinstance(entry, str):
+                lines.append(entry)
+            else:
+                prefix, messages = entry
+                lines.extend(prefix + m for m in messages[-MAX_DECODER_LINES:])
+        return lines
 
     def _violation(self, counter: str, message: str) -> None:
         """A message breaking CONTRACT section 1 (encoding, size): rejected, counted, kept."""
@@ -223,10 +238,9 @@ class JobAssembler:
             self._decoder = Evt3Decoder(self._width, self._height)
             return False
         self._counters["packets"] += 1
-        if chunk.faults:
+        if chunk.faults:  # counted now, formatted when read (a fault in every packet is cheap)
             self._counters["decode_faults"] += len(chunk.faults)
-            for message in chunk.faults[-3:]:
-                self._fault(f"evt3: {message}")
+            self._fault_log.append(("evt3: ", chunk.faults))
         events, triggers = chunk.events, chunk.triggers
         self._counters["events"] += int(events.size)
         self._counters["triggers"] += int(triggers.size)

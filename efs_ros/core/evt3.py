@@ -29,6 +29,7 @@ raises `Evt3Error` whose `.partial` holds everything decoded before the faulty w
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -359,9 +360,7 @@ class Evt3Decoder:
             return DecodedChunk(events, triggers, [], n_words, stats)
         records = sorted(fault_records[:n_faults].tolist(),
                          key=lambda r: (r[FR_BLOCK], r[FR_WORD], r[FR_KIND]))
-        faults = [_fault_message(r[FR_KIND], r[FR_WORD], r[FR_COUNT], r[FR_TYPE], r[FR_VALUE],
-                                 r[FR_A], r[FR_B], self.width, self.height, self.max_jitter_us)
-                  for r in records]
+        faults = FaultMessages(records, self.width, self.height, self.max_jitter_us)
         dropped = [r[FR_COUNT] for r in records if r[FR_KIND] in (F_NO_STATE, F_RANGE)]
         if dropped:
             stats["dropped_events"] = sum(dropped)
@@ -385,6 +384,45 @@ class Evt3Decoder:
             self.stats["faults"] = self.stats.get("faults", 0) + 1
             self._pending = b""
         return chunk
+
+
+class FaultMessages(MutableSequence):
+    """A chunk's fault lines from the kernel's fault records, formatted when first read: a
+    stream with a fault in every packet pays for counting them (len), not for the text.
+    Behaves as the list of lines it stands for (slices are plain lists)."""
+
+    def __init__(self, records: list, width, height, max_jitter: int):
+        self._records, self._size, self._jitter = records, (width, height), max_jitter
+        self._lines: list[str] | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        if self._lines is None:
+            self._lines = [_fault_message(r[FR_KIND], r[FR_WORD], r[FR_COUNT], r[FR_TYPE],
+                                          r[FR_VALUE], r[FR_A], r[FR_B], *self._size, self._jitter)
+                           for r in self._records]
+        return self._lines
+
+    def __len__(self) -> int:
+        return len(self._records) if self._lines is None else len(self._lines)
+
+    def __getitem__(self, index):
+        return self.lines[index]
+
+    def __setitem__(self, index, value) -> None:
+        self.lines[index] = value
+
+    def __delitem__(self, index) -> None:
+        del self.lines[index]
+
+    def insert(self, index: int, value: str) -> None:
+        self.lines.insert(index, value)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (list, FaultMessages)) and self.lines == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self.lines)
 
 
 def _fault_message(kind: int, word: int, count: int, ty: int, value: int, a: int, b: int,
