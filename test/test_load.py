@@ -4,9 +4,9 @@ The node's capacity is measured first (a publisher offering far more than any no
 node's decoded events per second read from its /diagnostics); then a publisher process sends a
 lens sweep, frames and a normal event rate until a job comes out, twice the capacity for 60 s,
 and the normal rate again until a job comes out (waits on progress, not time). Checked: the
-node's memory (RSS from /proc, node and pipeline child)
-stays under the cap its docstring states, /diagnostics keep coming, the drops are counted
-there, and jobs are published again once the flood is over.
+node's memory (RSS from /proc, node and pipeline child) stays under the cap its docstring
+states, /diagnostics keep coming, the drops are counted there, and jobs are published again
+once the flood is over.
 """
 from __future__ import annotations
 

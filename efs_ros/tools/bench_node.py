@@ -607,7 +607,9 @@ PACKET_PHASES_QUICK = ("1000:3000", "5000:15000", "0:60000", "5000:15000:faulty"
 def report_packet_rate(rows: list[dict], report=print) -> None:
     report("   (c) small packets into the node (shipped defaults: best effort, 1000-packet queue): "
            f"~1 ms of a quiet 1280x720 scene each; metavision_driver sends {DRIVER_PACKETS_PER_S}"
-           "/s; 'faulty' = one bad word in every packet (a counted decode fault)")
+           "/s; 'faulty' = one bad word in every packet (a counted decode fault); backlog = "
+           "sent but not yet counted at the first report after the last packet, drain = until "
+           "all were counted (reports come at 1 Hz)")
     report(f"   {'packets':8s} {'target/s':>9s} {'sent/s':>8s} {'node/s':>8s} {'x driver':>9s} "
            f"{'M ev/s':>7s} {'lost':>6s} {'backlog':>8s} {'drain s':>8s}")
     for r in rows:
