@@ -16,6 +16,7 @@ SECTIONS = (
     ("Per-job latency by backend", "efs_ros.tools.bench_infer"),
     ("Selection: ours vs paper-literal search", "efs_ros.tools.bench_search"),
     ("Live node throughput", "efs_ros.tools.bench_node"),
+    ("Lens state rate", "efs_ros.tools.bench_lens"),
 )
 
 
