@@ -2,19 +2,29 @@
 focus controller in their own processes: sharper than its input, and unshaken by bad input."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import rclpy
+from progress import STALL_S, wait_for_progress
 from rclpy.parameter import Parameter
-from test_sim_rig import Listener, NodeProcess, diagnostics_item, image_item, latest_status
+from test_sim_rig import (
+    Listener,
+    NodeProcess,
+    all_alive,
+    diagnostics_item,
+    image_item,
+    latest_status,
+    node_statuses,
+)
 
-from efs_ros.core.metrics import psnr
+from efs_ros.core.metrics import abs_rel, psnr
 from efs_ros.nodes.convert import make_event_packet, make_focus_state, numpy_to_image_msg
 
 SIZE = {"width": 96, "height": 72}
 STATUS = "all_in_focus: pipeline"
+RIG_STATUS = "sim_rig: rig"
+INPUT_TIMEOUT_S = 2.0
+"""The node's input_timeout_s in the graph tests (its default)."""
 BUFFER_CAP = 150_000
 """Events the node may hold in the graph tests (a 96x72 sweep has ~10-20 k)."""
 
@@ -54,7 +64,11 @@ def test_parameters_are_validated_and_applied(node):
 
 def test_status_reports_silent_inputs(node):
     node.set_parameters([Parameter("input_timeout_s", value=0.1)])
-    time.sleep(0.2)
+
+    def shortest_silence() -> float:  # grows with the node's clock: nothing arrives here
+        return min(v for k, v in node.status()[2].items() if k.endswith("_silent_s"))
+    wait_for_progress(shortest_silence, lambda: shortest_silence() > 0.1,
+                      "the node's clock passing input_timeout_s")
     level, message, values = node.status()
     assert level == bytes([1]) and "silent" in message
     assert values["backend_requested"] == "classical" and values["jobs_done"] == 0
@@ -82,7 +96,8 @@ def graph(tmp_path_factory):
     listener = Listener()
     for topic in ("/efs/all_in_focus", "/camera/image_raw", "/ground_truth/all_in_focus"):
         listener.listen(Image, topic, image_item, None)
-    listener.listen(Image, "/efs/depth", image_item, None)
+    for topic in ("/efs/depth", "/ground_truth/depth"):
+        listener.listen(Image, topic, image_item, None)
     listener.listen(DiagnosticArray, "/diagnostics", diagnostics_item, None)
     listener.start()
     yield procs, listener
@@ -95,19 +110,82 @@ def _outputs(listener) -> dict:
     return {s: px for s, px, *_ in listener.items("/efs/all_in_focus")}
 
 
+def _counter(status: dict | None, key: str) -> int | None:
+    return None if status is None else int(status[key])
+
+
+def graph_progress(listener) -> tuple:
+    """What moves while the graph works towards outputs: its processes reporting at all (once
+    each), the first sweeps the node places (capped, they come whether or not jobs finish),
+    then outputs heard and the node's job counters. A hung worker stalls this."""
+    st = latest_status(listener, STATUS)
+    sweeps = _counter(st, "sweeps")
+    return (latest_status(listener, RIG_STATUS) is not None, st is not None,
+            None if sweeps is None else min(sweeps, 3), len(_outputs(listener)),
+            *(_counter(st, k) for k in ("jobs_done", "jobs_skipped", "jobs_failed",
+                                         "jobs_dropped")))
+
+
+def wait_for_outputs(procs, listener, n: int, what: str) -> None:
+    """Until the listener has heard n images on /efs/all_in_focus (however long that takes
+    here); StalledError when the graph stops moving or a node process exits."""
+    listener.wait_for(lambda: graph_progress(listener), lambda: len(_outputs(listener)) >= n,
+                      what, alive=all_alive(*procs))
+
+
+def largest_reported(listener, key: str):
+    """A progress snapshot: the largest value of `key` the node has reported so far (it
+    grows while e.g. a silence lasts, and stalls when it does not)."""
+    seen = [float("-inf")]
+
+    def progress() -> float:
+        st = latest_status(listener, STATUS)
+        if st is not None:
+            seen[0] = max(seen[0], float(st[key]))
+        return seen[0]
+    return progress
+
+
+def wait_for_status(procs, listener, predicate, progress, what: str) -> dict:
+    """The first status of the node (as latest heard) for which predicate holds; progress is
+    what moves on the way there."""
+    found = []
+
+    def done() -> bool:
+        st = latest_status(listener, STATUS)
+        if st is not None and predicate(st):
+            found.append(st)
+        return bool(found)
+    listener.wait_for(progress, done, what, alive=all_alive(*procs))
+    return found[0]
+
+
+def heard_outputs(listener):
+    """(frames, truth, outputs) by stamp: the outputs whose input frame's truth the listener
+    also received (it may join late)."""
+    frames = {s: px for s, px, *_ in listener.items("/camera/image_raw") if px is not None}
+    truth = {s: px for s, px, *_ in listener.items("/ground_truth/all_in_focus")}
+    outputs = {s: px for s, px in _outputs(listener).items() if s in truth}
+    return frames, truth, outputs
+
+
+def depth_pairs(listener) -> dict:
+    """(output depth, true depth) by stamp, of the outputs whose true depth was heard."""
+    truth = {s: px for s, px, *_ in listener.items("/ground_truth/depth")}
+    return {s: (px, truth[s]) for s, px, *_ in listener.items("/efs/depth") if s in truth}
+
+
+def wait_for_truthful_outputs(procs, listener, n: int) -> None:
+    listener.wait_for(lambda: (graph_progress(listener), len(depth_pairs(listener))),
+                      lambda: len(heard_outputs(listener)[2]) >= n
+                      and len(depth_pairs(listener)) >= n,
+                      f"{n} outputs with their frame and truth", alive=all_alive(*procs))
+
+
 def test_live_outputs_are_sharper_than_the_input_frames(graph):
     procs, listener = graph
-    def heard():
-        """Outputs whose input frame and truth the listener also received (it may join late)."""
-        frames = {s: px for s, px, *_ in listener.items("/camera/image_raw") if px is not None}
-        truth = {s: px for s, px, *_ in listener.items("/ground_truth/all_in_focus")}
-        outputs = {s: px for s, px in _outputs(listener).items() if s in truth}
-        return frames, truth, outputs
-
-    assert listener.wait_until(lambda: len(heard()[2]) >= 8, 90), \
-        "\n".join(p.log(15) for p in procs)
-    frames, truth, outputs = heard()
-    depth = {s: px for s, px, *_ in listener.items("/efs/depth")}
+    wait_for_truthful_outputs(procs, listener, 8)
+    frames, truth, outputs = heard_outputs(listener)
     first_frame = min(frames)
     assert all(s in frames for s in _outputs(listener) if s >= first_frame), "output without a frame"
     scores = []
@@ -118,13 +196,51 @@ def test_live_outputs_are_sharper_than_the_input_frames(graph):
         scores.append((psnr(frames[stamp] / 255.0, gt), psnr(out / 255.0, gt)))
     scores = np.array(scores)
     assert scores[:, 1].mean() > scores[:, 0].mean() + 0.5, scores.round(1).tolist()
-    some_depth = next(iter(depth.values()))
-    finite = some_depth[np.isfinite(some_depth)]
-    assert some_depth.dtype == np.float32 and finite.size > 0.2 * some_depth.size
-    assert np.median(finite) == pytest.approx(1.0, rel=0.8)  # the scene spans 0.3..2 m
-    assert listener.wait_until(  # /diagnostics comes once a second
-        lambda: int(latest_status(listener, STATUS)["jobs_done"]) >= 8, 5)
-    assert latest_status(listener, STATUS)["backend"] == "classical"
+    # /diagnostics (once a second) counts them
+    status = wait_for_status(procs, listener, lambda st: int(st["jobs_done"]) >= 8,
+                             lambda: _counter(latest_status(listener, STATUS), "jobs_done"),
+                             "jobs_done reaching the 8 outputs heard")
+    assert status["backend"] == "classical"
+
+
+DEPTH_COVERAGE_MIN = 0.5
+"""Share of the pixels with a depth, each output (measured 0.79-0.85; textureless pixels
+have none)."""
+DEPTH_ABS_REL_GUARD = 0.65
+"""Regression guard on AbsRel (metrics.abs_rel: mean |depth - truth| / truth over the covered
+pixels), each output: 1.5x the worst measured. Measured (golden method, classical backend,
+96x72 scene at 0.3..2 m; 4 runs x 8 outputs): 0.37-0.44 (median |d - gt| / gt: 0.32-0.42).
+That is worse than the best constant guess (0.72 m: 0.31; median 0.17): depth comes out
+~0.65x the truth (rescaled by the best factor, 1.4-1.6: 0.27-0.36) because the refocus map
+lands ~20 ms of a 100 ms sweep after the true focus time; the offline pipeline (run_pipeline
+on simulate_sweep) gives the same 0.38-0.40."""
+DEPTH_ABS_REL_TARGET = 0.25
+"""What a working depth must reach, clearly better than any constant (0.31): the test is an
+expected failure (strict, so it shows when the pipeline gets there) until it does."""
+
+
+class DepthOffTargetError(AssertionError):
+    """The depth is within the regression guard but not yet at DEPTH_ABS_REL_TARGET."""
+
+
+@pytest.mark.xfail(raises=DepthOffTargetError, strict=True,
+                   reason="live depth AbsRel 0.37-0.44, ~0.65x the truth (refocus times ~20 ms late)")
+def test_live_depth_matches_the_rig_truth(graph):
+    """/efs/depth against the rig's /ground_truth/depth (same stamp), pixel by pixel."""
+    procs, listener = graph
+    wait_for_truthful_outputs(procs, listener, 8)
+    errors, coverage = [], []
+    for depth, true_depth in depth_pairs(listener).values():
+        assert depth.dtype == np.float32 and depth.shape == true_depth.shape == (72, 96)
+        assert np.all(np.isfinite(true_depth))
+        assert np.all(depth[np.isfinite(depth)] > 0)  # metres where known, NaN elsewhere
+        error, covered = abs_rel(depth, true_depth)
+        errors.append(error)
+        coverage.append(covered)
+    assert min(coverage) > DEPTH_COVERAGE_MIN, coverage
+    assert max(errors) < DEPTH_ABS_REL_GUARD, errors
+    if max(errors) >= DEPTH_ABS_REL_TARGET:
+        raise DepthOffTargetError(f"AbsRel {np.round(errors, 3).tolist()}")
 
 
 def test_bad_input_is_counted_and_output_continues(graph):
@@ -132,15 +248,15 @@ def test_bad_input_is_counted_and_output_continues(graph):
     from sensor_msgs.msg import Image, JointState
 
     procs, listener = graph
-    assert listener.wait_until(lambda: len(_outputs(listener)) >= 2, 90), procs[2].log()
+    wait_for_outputs(procs, listener, 2, "the first 2 outputs")
     rng = np.random.default_rng(11)
     node = listener.node
     events = node.create_publisher(EventPacket, "/event_camera/events", 100)
     frames = node.create_publisher(Image, "/camera/image_raw", 100)
     focus = node.create_publisher(JointState, "/lens/focus_state", 100)
-    assert listener.wait_until(lambda: events.get_subscription_count() >= 1
-                               and frames.get_subscription_count() >= 1, 10)
-    time.sleep(0.5)
+    # our writers matched the node's readers: what is published from here on is sent to it
+    listener.discover(lambda: all(p.get_subscription_count() >= 1 for p in (events, frames, focus)),
+                      "the node's readers matching our publishers", alive=all_alive(*procs))
     before = latest_status(listener, STATUS)
     n_outputs = len(_outputs(listener))
     now = node.get_clock().now().nanoseconds
@@ -161,53 +277,61 @@ def test_bad_input_is_counted_and_output_continues(graph):
         msg.name = ["zoom"]
         focus.publish(msg)
 
-    def counted():
+    keys = ("decode_faults", "packets_rejected", "frames_rejected", "focus_rejected")
+
+    def rejections() -> tuple:
         st = latest_status(listener, STATUS)
-        return st is not None and \
-            int(st["decode_faults"]) > int(before["decode_faults"]) and \
-            int(st["packets_rejected"]) >= int(before["packets_rejected"]) + 6 and \
-            int(st["frames_rejected"]) >= int(before["frames_rejected"]) + 8 and \
-            int(st["focus_rejected"]) >= int(before["focus_rejected"]) + 5
-    assert listener.wait_until(counted, 15), (before, latest_status(listener, STATUS))
-    levels = {int(statuses[STATUS]["level"]) for _, statuses, _ in listener.items("/diagnostics")
-              if STATUS in statuses}
+        return tuple(_counter(st, k) - int(before[k]) for k in keys)
+
+    def counted(st) -> bool:
+        faults, packets, frames_, focus_ = (int(st[k]) - int(before[k]) for k in keys)
+        return faults > 0 and packets >= 6 and frames_ >= 8 and focus_ >= 5
+    wait_for_status(procs, listener, counted, rejections, "the bad messages counted")
+    levels = {int(st["level"]) for st in node_statuses(listener, STATUS)}
     assert levels & {1, 2}, "bad input never raised the level above OK"
     # and the node keeps producing all-in-focus images from the good stream
-    assert listener.wait_until(lambda: len(_outputs(listener)) >= n_outputs + 3, 60), \
-        (latest_status(listener, STATUS), procs[2].log())
-    assert procs[2].proc.poll() is None
+    wait_for_outputs(procs, listener, n_outputs + 3, "3 more outputs after the bad input")
+    assert procs[2].alive()
 
 
 def set_remote_parameters(listener, node_name: str, **values) -> None:
     from rclpy.parameter_client import AsyncParameterClient
 
     client = AsyncParameterClient(listener.node, node_name)
-    assert client.wait_for_services(timeout_sec=10)
+    assert client.wait_for_services(timeout_sec=STALL_S), f"{node_name}'s parameter services"
     future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-    assert listener.wait_until(future.done, 10)
+    listener.wait_for(lambda: None, future.done, f"setting {values} on {node_name}")
     assert all(r.successful for r in future.result().results), future.result()
 
 
 def test_silent_inputs_are_reported_and_recovered_from(graph):
-    """Camera silence, then event-camera silence: each reported, then output resumes."""
+    """Camera silence, then event-camera silence: each reported, then output resumes.
+
+    The node's own clock measures the silence (its *_silent_s); the test waits for it to
+    pass input_timeout_s, and after output resumes for a status that heard the input again."""
     procs, listener = graph
-    assert listener.wait_until(lambda: len(_outputs(listener)) >= 2, 90), procs[2].log()
+    wait_for_outputs(procs, listener, 2, "the first 2 outputs")
     for topic, parameter in (("frames", "publish_frames"), ("events", "publish_events")):
+        silent_key, received_key = f"{topic}_silent_s", f"{topic}_received"
         set_remote_parameters(listener, "sim_rig", **{parameter: False})
         try:
-            assert listener.wait_until(  # input_timeout_s is 2 s
-                lambda t=topic: f"{t} silent" in latest_status(listener, STATUS)["message"], 8), \
-                latest_status(listener, STATUS)
-            status = latest_status(listener, STATUS)
-            assert int(status["level"]) >= 1 and float(status[f"{topic}_silent_s"]) >= 2.0
-            assert procs[2].proc.poll() is None
+            status = wait_for_status(
+                procs, listener, lambda st, k=silent_key: float(st[k]) > INPUT_TIMEOUT_S,
+                largest_reported(listener, silent_key),
+                f"{topic} silent for more than input_timeout_s")
+            assert f"{topic} silent" in status["message"], status
+            assert int(status["level"]) >= 1
+            assert procs[2].alive()
         finally:
             set_remote_parameters(listener, "sim_rig", **{parameter: True})
         resumed = len(_outputs(listener))
-        assert listener.wait_until(lambda n=resumed: len(_outputs(listener)) >= n + 2, 30), \
-            (topic, latest_status(listener, STATUS))
-        assert listener.wait_until(
-            lambda t=topic: f"{t} silent" not in latest_status(listener, STATUS)["message"], 5)
+        wait_for_outputs(procs, listener, resumed + 2, f"2 outputs after the {topic} resumed")
+        mark = int(latest_status(listener, STATUS)[received_key])
+        status = wait_for_status(
+            procs, listener, lambda st, k=received_key, m=mark: int(st[k]) > m,
+            lambda k=received_key: _counter(latest_status(listener, STATUS), k),
+            f"a status that heard the {topic} again")
+        assert f"{topic} silent" not in status["message"], status
 
 
 def rss_mb(pid: int) -> float:
@@ -217,36 +341,56 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+FLOOD_REPORTS = 4
+"""Statuses the node publishes while flooded before the flood ends (the first of them may
+have been computed before the flood reached it)."""
+
+
 def test_event_flood_is_bounded_counted_and_survived(graph):
     """1 M events/s (a sweep then holds ~3x the buffer): memory stays capped, the excess is
     dropped oldest-first and counted, the sweeps it damaged give no image (skipped, not
-    garbage), diagnostics keep coming, and output resumes when the flood ends."""
+    garbage), diagnostics keep coming, and output resumes when the flood ends.
+
+    The flood lasts until the node has reported FLOOD_REPORTS times, 2 more sweeps placed and
+    dropped events (its own counters), not for a time."""
     procs, listener = graph
-    assert listener.wait_until(lambda: len(_outputs(listener)) >= 2, 90), procs[2].log()
+    wait_for_outputs(procs, listener, 2, "the first 2 outputs")
     before = latest_status(listener, STATUS)
     rss_before = rss_mb(procs[2].proc.pid)
     set_remote_parameters(listener, "sim_rig", flood_events_per_s=1_000_000.0)
-    flood_started = time.monotonic()
+    mark = len(node_statuses(listener, STATUS))
     rss = []
+
+    def flooded() -> list[dict]:
+        return node_statuses(listener, STATUS)[mark:]
+
+    def lost(st) -> int:
+        return int(st["events_dropped"]) - int(before["events_dropped"]) + \
+            int(st["packets_lost"]) - int(before["packets_lost"])
+
+    def progress() -> tuple:  # every part is capped: a flood the node ignores stalls this
+        rss.append(rss_mb(procs[2].proc.pid))
+        during = flooded()
+        last = during[-1] if during else before
+        return (min(len(during), FLOOD_REPORTS),
+                min(int(last["sweeps"]) - int(before["sweeps"]), 2), lost(last) > 0)
     try:
-        while time.monotonic() - flood_started < 5.0:
-            rss.append(rss_mb(procs[2].proc.pid))
-            time.sleep(0.25)
+        listener.wait_for(progress, lambda: progress() == (FLOOD_REPORTS, 2, True),
+                          "the node reporting through the flood", alive=all_alive(*procs))
     finally:
         set_remote_parameters(listener, "sim_rig", flood_events_per_s=0.0)
-    during = [st[STATUS] for _, st, arrived in listener.items("/diagnostics")
-              if STATUS in st and flood_started + 1.0 <= arrived]
-    assert len(during) >= 3, "the node stopped answering during the flood"
+    during = flooded()[1:]
+    assert len(during) >= FLOOD_REPORTS - 1, "the node stopped answering during the flood"
     assert max(int(st["buffer_events"]) for st in during) <= BUFFER_CAP
-    after = during[-1]
-    dropped = int(after["events_dropped"]) - int(before["events_dropped"]) + \
-        int(after["packets_lost"]) - int(before["packets_lost"])
-    assert dropped > 0
-    assert int(after["jobs_skipped"]) > int(before["jobs_skipped"])
+    assert lost(during[-1]) > 0
     assert max(rss) < rss_before + 200, (rss_before, max(rss))  # 150 k events are 2 MB
     resumed = len(_outputs(listener))
-    assert listener.wait_until(lambda: len(_outputs(listener)) >= resumed + 2, 30), \
-        latest_status(listener, STATUS)
+    wait_for_outputs(procs, listener, resumed + 2, "2 outputs after the flood")
+    # jobs run in sweep order: the flooded sweeps were decided before these outputs
+    wait_for_status(procs, listener,
+                    lambda st: int(st["jobs_skipped"]) > int(before["jobs_skipped"]),
+                    lambda: _counter(latest_status(listener, STATUS), "jobs_skipped"),
+                    "the flooded sweeps counted as skipped")
 
 
 def test_auto_backend_runs_the_nets_only_on_a_gpu():

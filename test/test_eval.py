@@ -1,7 +1,6 @@
 """`make eval` (efs_ros.tools.eval) over CONTRACT bags: outputs, summary, bad recordings."""
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -38,15 +37,17 @@ def bag(tmp_path_factory):
     return path
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "efs_ros.tools.eval", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+def run_cli(run_watched, bag, out, *args):
+    """`efs_eval bag out ...` in its own process, to its end: it fails if the command stops
+    writing job files (or output) for a stall window, not after a time budget."""
+    return run_watched([sys.executable, "-m", "efs_ros.tools.eval", bag, out, *args],
+                       f"efs_eval {bag}", watch=(out,))
 
 
 @pytest.fixture(scope="module")
-def full_run(bag, tmp_path_factory):
+def full_run(bag, tmp_path_factory, run_watched):
     out = tmp_path_factory.mktemp("eval") / "out"
-    result = run_cli(bag, out)
+    result = run_cli(run_watched, bag, out)
     return out, result
 
 
@@ -121,7 +122,8 @@ def test_eval_is_deterministic(bag, full_run, tmp_path):
         assert ja == jb
 
 
-def test_truncated_bag_writes_the_jobs_before_the_fault_and_one_error_line(bag, full_run, tmp_path):
+def test_truncated_bag_writes_the_jobs_before_the_fault_and_one_error_line(bag, full_run, tmp_path,
+                                                                          run_watched):
     out, _ = full_run
     cut = tmp_path / "cut"
     shutil.copytree(bag, cut)
@@ -129,7 +131,7 @@ def test_truncated_bag_writes_the_jobs_before_the_fault_and_one_error_line(bag, 
     data = mcap.read_bytes()
     mcap.write_bytes(data[: int(len(data) * 0.6)])
     partial = tmp_path / "partial"
-    result = run_cli(cut, partial)
+    result = run_cli(run_watched, cut, partial)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX) and "truncated" in lines[0]
@@ -141,8 +143,8 @@ def test_truncated_bag_writes_the_jobs_before_the_fault_and_one_error_line(bag, 
         assert (partial / name).read_bytes() == (out / name).read_bytes(), name
 
 
-def test_the_real_recording_has_no_frames_or_lens(real_evt3_bag, tmp_path):
-    result = run_cli(real_evt3_bag, tmp_path / "out")
+def test_the_real_recording_has_no_frames_or_lens(real_evt3_bag, tmp_path, run_watched):
+    result = run_cli(run_watched, real_evt3_bag, tmp_path / "out")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
         f"{ERROR_PREFIX}missing topics /camera/image_raw, /lens/focus_state "

@@ -2,13 +2,14 @@
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rclpy
 from event_camera_msgs.msg import EventPacket
+from progress import STALL_S, wait_for_progress
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
@@ -39,14 +40,22 @@ def make_image(seq: int, rng: np.random.Generator) -> Image:
     return msg
 
 
+PEER_LIFETIME_S = 600
+"""Only a safety net against an orphaned peer (the fixture ends it): the pytest timeout."""
+
+PROBE_SEQ = 1 << 40
+"""Seq (events) and stamp second 0 (images) of the probes that find the path both ways."""
+
+
 @pytest.fixture
 def echo_peer():
-    proc = subprocess.Popen([sys.executable, str(REPO / "test" / "peers" / "echo_peer.py"), "60"],
+    proc = subprocess.Popen([sys.executable, str(REPO / "test" / "peers" / "echo_peer.py"),
+                             str(PEER_LIFETIME_S)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout.readline().strip() == "echo peer ready"
     yield proc
     proc.terminate()
-    proc.wait(timeout=10)
+    proc.wait(timeout=STALL_S)  # cleanup only: terminate() ends it at once
 
 
 def _local_udp_sockets(pid: int) -> list[tuple[str, int]]:
@@ -83,22 +92,36 @@ def test_event_packets_and_images_cross_processes_byte_for_byte(echo_peer):
     pub_images = node.create_publisher(Image, "/efs_test/image", qos)
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
     rng = np.random.default_rng(7)
     sent_events = [make_packet(i, rng) for i in range(20)]
     sent_images = [make_image(i, rng) for i in range(5)]
+    probe_event, probe_image = make_packet(0, rng), make_image(0, rng)
+    probe_event.seq, probe_image.header.stamp.sec = PROBE_SEQ, 0
+
+    def probed() -> bool:
+        """Both paths carry messages both ways (the peer's writers matched our readers too):
+        a probe is echoed. Re-sent until it is (one sent before the matching is lost)."""
+        if PROBE_SEQ in got_events and 0 in got_images:
+            return True
+        pub_events.publish(probe_event)
+        pub_images.publish(probe_image)
+        return False
+
+    def echoed() -> tuple[int, int]:
+        return (sum(m.seq in got_events for m in sent_events),
+                sum(m.header.stamp.sec in got_images for m in sent_images))
     try:
-        deadline = time.monotonic() + 20
-        while pub_events.get_subscription_count() == 0 or node.count_publishers("/efs_test/events_echo") == 0:
-            assert time.monotonic() < deadline, "the echo peer was never discovered over DDS"
-            executor.spin_once(timeout_sec=0.1)
-        time.sleep(0.5)  # let the peer's writers match our readers too
+        spinner.start()
+        # discovery: nothing counts while the peer appears, STALL_S for it to show
+        wait_for_progress(lambda: None, probed, "the echo peer over DDS", stall_s=STALL_S,
+                          step=0.5, alive=lambda: echo_peer.poll() is None)
         for msg in sent_events:
             pub_events.publish(msg)
         for msg in sent_images:
             pub_images.publish(msg)
-        while len(got_events) < len(sent_events) or len(got_images) < len(sent_images):
-            assert time.monotonic() < deadline, f"echoes: {len(got_events)} packets, {len(got_images)} images"
-            executor.spin_once(timeout_sec=0.1)
+        wait_for_progress(echoed, lambda: echoed() == (len(sent_events), len(sent_images)),
+                          "the echoes", alive=lambda: echo_peer.poll() is None)
         for msg in sent_events:
             echo = got_events[msg.seq]
             # CDR alignment padding is not guaranteed to be zeroed: compare fields, not wire bytes.

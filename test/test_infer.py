@@ -368,28 +368,36 @@ def test_shipped_nets_on_cuda_give_the_cpu_image():
 # --- the shipped models -------------------------------------------------------------------------
 
 def test_shipped_models_load_verify_and_run():
+    """The shipped files are the ones the manifest names (sha256), and what the manifest claims
+    of them that a test can afford is recomputed here, not read back: ONNX Runtime gives the
+    PyTorch outputs within tolerance (the stored onnx_max_abs_diff is not trusted). The stored
+    evaluation is a benchmark claim: `make bench-quality` and the model card, not a test."""
     d = default_models_dir()
     manifest = read_manifest(d)
     assert set(manifest["models"]) == {"evrefocusnet", "evmergenet"}
     total = 0
-    for name, entry in manifest["models"].items():
+    for entry in manifest["models"].values():
         assert sha256_file(d / entry["weights"]) == entry["sha256"]
         assert sha256_file(d / entry["onnx"]) == entry["onnx_sha256"]
-        assert entry["onnx_max_abs_diff"] < ONNX_TOLERANCE[name]
         total += (d / entry["weights"]).stat().st_size + (d / entry["onnx"]).stat().st_size
     assert total < 8 * 2**20
-    info = manifest["info"]
-    assert info["steps"]["refocus"] > 0 and info["steps"]["merge"] > 0
-    assert info["evaluation"]["noisy"]["learned refocus + learned merge"]["psnr"] > \
-        info["evaluation"]["noisy"]["classical (dense, focus merge)"]["psnr"]
     card = (d / "MODEL_CARD.md").read_text()
     for entry in manifest["models"].values():
         assert entry["sha256"] in card
+    # max |ORT - torch|, recomputed: the export's own random inputs at two sizes, and inputs
+    # laid out as the pipeline gives them (log frame + event bins, stack + event stacks)
+    for name in manifest["models"]:
+        data, _ = onnx_bytes(name, d)
+        diff = max_abs_difference(load_model(name, d), data, sizes=((28, 36), (36, 52)))
+        assert diff < ONNX_TOLERANCE[name], (name, diff)
     lf, bins, stack, ev = _inputs(28, 36)
     ob = OnnxRuntimeBackend(d, provider="cpu")
     tb = TorchBackend(d, device="cpu")
-    np.testing.assert_allclose(ob.refocus(lf, bins), tb.refocus(lf, bins),
-                               atol=ONNX_TOLERANCE["evrefocusnet"])
-    np.testing.assert_allclose(ob.merge_weights(stack, ev), tb.merge_weights(stack, ev),
-                               atol=ONNX_TOLERANCE["evmergenet"])
-    json.dumps(info)  # the manifest info stays plain JSON
+    refocused = tb.refocus(lf, bins)
+    weights = tb.merge_weights(stack, ev)
+    assert float(np.abs(ob.refocus(lf, bins) - refocused).max()) < ONNX_TOLERANCE["evrefocusnet"]
+    assert float(np.abs(ob.merge_weights(stack, ev) - weights).max()) < \
+        ONNX_TOLERANCE["evmergenet"]
+    # and the outputs are not trivially constant (a broken graph could pass a loose check)
+    assert float(refocused.std()) > 1e-3 and float(weights.std()) > 1e-3
+    json.dumps(manifest["info"])  # the manifest info stays plain JSON

@@ -3,14 +3,20 @@ bag through the live all_in_focus node gives the images `make eval` gives on tha
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
-from test_sim_rig import REPO, Listener, NodeProcess, diagnostics_item, image_item, latest_status
+from test_sim_rig import (
+    Listener,
+    NodeProcess,
+    all_alive,
+    diagnostics_item,
+    image_item,
+    latest_status,
+    node_statuses,
+)
 
 from efs_ros.io.typestore import typestore
 from efs_ros.nodes.convert import stamp_to_ns
@@ -49,16 +55,19 @@ def test_replay_publishes_every_message_in_order_with_clock(bag, tmp_path):
         listener.listen(Image, topic, lambda m: (stamp_to_ns(m.header.stamp),))
     listener.listen(Clock, "/clock", lambda m: (stamp_to_ns(m.clock),))
     listener.start()
+    counts = {t: sum(1 for topic, _ in recorded if topic == t) for t, _ in recorded}
+    topics = tuple(counts)
     try:
         replay = NodeProcess("efs_ros.tools.replay", args=[bag, "--rate", "2", "--clock",
                                                           "--wait-subscribers", "1"],
                              log_dir=tmp_path)
-        assert replay.wait(60) == 0, replay.log()
-        replay.stop()
-        counts = {t: sum(1 for topic, _ in recorded if topic == t) for t, _ in recorded}
-        assert listener.wait_until(
-            lambda: all(len(listener.items(t)) == n for t, n in counts.items()), 10), \
-            {t: (len(listener.items(t)), n) for t, n in counts.items()}
+        # the replay ends (its messages heard here are the progress), then the last in flight
+        listener.wait_for(lambda: listener.count(*topics, "/clock"), lambda: not replay.alive(),
+                          "the replay publishing the bag")
+        assert replay.stop() == 0, replay.log()
+        listener.wait_for(lambda: listener.count(*topics),
+                          lambda: listener.count(*topics) == tuple(counts.values()),
+                          f"every message of the bag heard ({counts})")
     finally:
         listener.close()
     seqs = [item[0] for item in listener.items("/event_camera/events")]
@@ -89,7 +98,20 @@ def split_passes(outputs):
     return passes
 
 
-def test_replay_through_the_live_node_equals_eval(bag, tmp_path):
+STATUS = "all_in_focus: pipeline"
+INPUTS = ("events", "frames", "focus")
+
+
+def settled(st: dict, outputs_heard: int) -> bool:
+    """The node has nothing left to do: every input silent past idle_flush_s (1 s, so the
+    end-of-input flush ran, leaving no frame pending), no job queued, and every job it
+    finished heard here."""
+    return all(float(st[f"{k}_silent_s"]) > 1.0 for k in INPUTS) and \
+        int(st["frames_pending"]) == 0 and int(st["jobs_pending"]) == 0 and \
+        int(st["jobs_done"]) == outputs_heard
+
+
+def test_replay_through_the_live_node_equals_eval(bag, tmp_path, run_watched):
     """Bit-exact: the node and eval feed each topic's messages in the same order into the same
     JobAssembler and run the same run_pipeline and 8-bit conversion on the same numpy; the
     transport is reliable (reliable_inputs), so nothing differs but the process."""
@@ -97,9 +119,8 @@ def test_replay_through_the_live_node_equals_eval(bag, tmp_path):
     from sensor_msgs.msg import Image
 
     out = tmp_path / "eval"
-    result = subprocess.run([sys.executable, "-m", "efs_ros.tools.eval", str(bag), str(out),
-                             "--no-progress"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = run_watched([sys.executable, "-m", "efs_ros.tools.eval", bag, out, "--no-progress"],
+                         "efs_eval on the bag", watch=(out,))
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     expected = {int(p.name.split("_")[0]): read_png(p) for p in out.glob("*_aif.png")}
@@ -114,20 +135,32 @@ def test_replay_through_the_live_node_equals_eval(bag, tmp_path):
     listener.listen(Image, "/efs/refocus_map", image_item, None)
     listener.listen(DiagnosticArray, "/diagnostics", diagnostics_item, None)
     listener.start()
+    topics = ("/efs/all_in_focus", "/efs/depth", "/efs/refocus_map")
+
+    def work() -> tuple:  # what moves while the bag goes through the node
+        st = latest_status(listener, STATUS)
+        return (*listener.count(*topics), None if st is None else
+                tuple(int(st[k]) for k in ("packets_accepted", "frames_received", "jobs_done",
+                                           "jobs_skipped", "jobs_failed")))
     try:
-        assert listener.wait_until(
-            lambda: listener.node.count_publishers("/efs/all_in_focus") >= 1, 30), node.log()
+        listener.discover(lambda: listener.matched(*topics), "the node's publishers",
+                          alive=all_alive(node))
         replay = NodeProcess("efs_ros.tools.replay", args=[
             bag, "--rate", "1", "--clock", "--passes", "2", "--wait-subscribers", "1"],
             log_dir=tmp_path)
-        assert replay.wait(120) == 0, replay.log()
-        replay.stop()
-        def second_pass_done():
-            passes = split_passes(listener.items("/efs/all_in_focus"))
-            return len(passes) == 2 and len(passes[1]) >= len(expected)
-        listener.wait_until(second_pass_done, 60)
-        time.sleep(1.5)  # a late extra output would be a bug: give it the time to show
-        status = latest_status(listener, "all_in_focus: pipeline")
+        listener.wait_for(work, lambda: not replay.alive(), "the replay through the node",
+                          alive=all_alive(node))
+        assert replay.stop() == 0, replay.log()
+        # no sleep for a late extra output to show: wait until the node says it has nothing
+        # left (two settled reports in a row, the job counter unchanged between them)
+        mark = len(node_statuses(listener, STATUS))
+
+        def quiet() -> bool:
+            after = node_statuses(listener, STATUS)[mark:]
+            heard = listener.count("/efs/all_in_focus")[0]
+            return len(after) >= 2 and all(settled(st, heard) for st in after[-2:])
+        listener.wait_for(work, quiet, "the node finishing the bag", alive=all_alive(node))
+        status = latest_status(listener, STATUS)
     finally:
         listener.close()
         node.stop()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from progress import STALL_S, wait_for_progress
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -53,6 +54,9 @@ class NodeProcess:
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -72,17 +76,26 @@ def reliable(depth: int = 1000) -> QoSProfile:
     return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
 
 
+def all_alive(*procs: NodeProcess):
+    """For wait_for_progress(alive=...): every process under test still running."""
+    return lambda: all(p.alive() for p in procs)
+
+
 class Listener:
     """An rclpy node in its own context, spinning on a thread, storing what arrives.
 
     Every message is converted on arrival (copied out of the rclpy buffers) and appended to
-    `got[topic]` as (stamp_ns, payload, monotonic arrival time)."""
+    `got[topic]` as (stamp_ns, payload, monotonic arrival time).
+
+    Waiting: `wait_for` (progress-based, test/progress.py) for work that moves counters;
+    `wait_until` (a deadline) is kept for the callers that still use it."""
 
     def __init__(self, name: str = "efs_test_listener"):
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)
         self.got: dict[str, list] = {}
+        self.subscriptions: dict[str, object] = {}
         self.lock = threading.Lock()
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -96,8 +109,19 @@ class Listener:
             with self.lock:
                 self.got[topic].append((*item, time.monotonic()) if isinstance(item, tuple)
                                        else (item, time.monotonic()))
-        self.node.create_subscription(msg_type, topic, callback, qos or reliable())
+        self.subscriptions[topic] = self.node.create_subscription(msg_type, topic, callback,
+                                                                  qos or reliable())
         return self
+
+    def matched(self, *topics: str) -> bool:
+        """Each of our readers of `topics` (all by default) has matched a publisher."""
+        return all(self.subscriptions[t].get_publisher_count() >= 1
+                   for t in topics or self.subscriptions)
+
+    def count(self, *topics: str) -> tuple[int, ...]:
+        """Messages heard so far on each topic: the usual progress snapshot."""
+        with self.lock:
+            return tuple(len(self.got.get(t, ())) for t in topics)
 
     def start(self):
         self.thread.start()
@@ -106,6 +130,15 @@ class Listener:
     def items(self, topic: str) -> list:
         with self.lock:
             return list(self.got.get(topic, []))
+
+    def wait_for(self, progress, done, what: str, alive=None, stall_s: float = STALL_S) -> None:
+        """Until done(); StalledError when progress() stays the same for stall_s (or alive()
+        turns False): the work stopped, however slow the machine is."""
+        wait_for_progress(progress, done, what, stall_s=stall_s, alive=alive)
+
+    def discover(self, done, what: str, alive=None) -> None:
+        """Discovery and matching (nothing counts while a peer appears): STALL_S to show."""
+        wait_for_progress(lambda: None, done, what, stall_s=STALL_S, alive=alive)
 
     def wait_until(self, predicate, timeout: float, step: float = 0.1) -> bool:
         deadline = time.monotonic() + timeout
@@ -139,6 +172,11 @@ def latest_status(listener: Listener, name: str) -> dict | None:
         if name in statuses:
             return statuses[name]
     return None
+
+
+def node_statuses(listener: Listener, name: str) -> list[dict]:
+    """Every status `name` published that the listener heard, in arrival order."""
+    return [st[name] for _, st, _ in listener.items("/diagnostics") if name in st]
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -179,16 +217,24 @@ def test_rig_rejects_contradictory_parameters():
         rclpy.try_shutdown(context=context)
 
 
-def _event_rate(packets, t_from: float, t_to: float) -> float:
-    """Decoded events per second of packets that arrived in [t_from, t_to) (monotonic)."""
-    n = sum(events for _, events, arrived in packets if t_from <= arrived < t_to)
-    return n / (t_to - t_from)
+def _event_rate(packets, t_from_ns: int, t_to_ns: int) -> float:
+    """Decoded events per second of sensor (stamp) time, of packets stamped in [t_from, t_to):
+    the rig's work, the same however fast the machine runs it."""
+    n = sum(events for stamp, events, _ in packets if t_from_ns <= stamp < t_to_ns)
+    return n / ((t_to_ns - t_from_ns) * 1e-9)
+
+
+SETTLE_NS = 500_000_000
+"""After the lens is told to hold: it settles within a few time constants (5 ms)."""
+HELD_NS = 1_500_000_000
+"""Stamp time the held lens is watched for."""
 
 
 def test_rig_publishes_contract_streams_driven_by_the_lens(tmp_path):
     """Focus controller (sim lens) driving sim_rig, each in its own process. The listener
     is matched to the rig before the lens starts, so it sees the stream from its first word
-    (the sensor clock starts 3 s before the EVT3 wrap)."""
+    (the sensor clock starts 3 s before the EVT3 wrap). Windows are in stamp time (what the
+    rig simulated), not in wall time (how fast this machine simulated it)."""
     from event_camera_msgs.msg import EventPacket
     from sensor_msgs.msg import Image
     from std_srvs.srv import Trigger
@@ -217,29 +263,45 @@ def test_rig_publishes_contract_streams_driven_by_the_lens(tmp_path):
     procs = [NodeProcess("efs_ros.nodes.sim_rig", {
         **SIZE, "frame_rate_hz": 10.0, "packet_period_ms": 2.0, "with_triggers": True,
         "sensor_time_offset_us": WRAP_US - 3_000_000}, log_dir=tmp_path)]
+
+    def frames_heard() -> int:
+        return listener.count("/camera/image_raw")[0]
+
+    def last_stamp(topic: str) -> int:
+        items = listener.items(topic)
+        return items[-1][0] if items else -1
+
+    def call(service: str) -> None:
+        client = listener.node.create_client(Trigger, service)
+        assert client.wait_for_service(timeout_sec=STALL_S), f"{service} never appeared"
+        response = client.call(Trigger.Request(), timeout_sec=STALL_S)
+        assert response is not None and response.success, (service, response)
+
     try:
-        assert listener.wait_until(
-            lambda: all(listener.node.count_publishers(t) >= 1 for t in listener.got), 30), \
-            procs[0].log()
-        time.sleep(0.5)  # discovery both ways before the first packet
+        # every reader matched to the rig's writers before the lens moves and the first word
+        # goes out (the rig publishes nothing until it has a lens reading)
+        listener.discover(listener.matched, "the listener matching sim_rig's publishers",
+                          alive=all_alive(*procs))
         procs.append(NodeProcess("efs_ros.nodes.focus_controller", {"sim_noise_mdpt": 2.0},
                                  log_dir=tmp_path))
-        assert listener.wait_until(lambda: len(listener.items("/camera/image_raw")) >= 25, 60), \
-            "no frames from sim_rig:\n" + procs[0].log()
-        sweeping_from = time.monotonic()
-        time.sleep(1.5)
-        sweeping_to = time.monotonic()
+        listener.wait_for(frames_heard, lambda: frames_heard() >= 25, "25 frames from sim_rig",
+                          alive=all_alive(*procs))
+        frames = listener.items("/camera/image_raw")
+        sweeping = (frames[9][0], frames[24][0])  # 1.5 s of stamps, the lens sweeping
 
-        client = listener.node.create_client(Trigger, "/focus_controller/stop")
-        assert client.wait_for_service(timeout_sec=10)
-        assert client.call(Trigger.Request(), timeout_sec=10).success
-        time.sleep(0.5)  # the lens settles within a few time constants (5 ms)
-        held_from = time.monotonic()
-        time.sleep(1.5)
-        held_to = time.monotonic()
-        start = listener.node.create_client(Trigger, "/focus_controller/start")
-        assert start.wait_for_service(timeout_sec=10)
-        assert start.call(Trigger.Request(), timeout_sec=10).success
+        call("/focus_controller/stop")
+        # the lens holds from now on (ROS time, the clock the lens readings are stamped with)
+        held_from = listener.node.get_clock().now().nanoseconds + SETTLE_NS
+        held = (held_from, held_from + HELD_NS)
+        listener.wait_for(frames_heard, lambda: last_stamp("/camera/image_raw") >= held[1],
+                          "frames past the held window", alive=all_alive(*procs))
+        call("/focus_controller/start")
+        # a packet stamped after the restart: every packet before it has been decoded (one
+        # reliable writer, delivered in order)
+        restarted = listener.node.get_clock().now().nanoseconds
+        listener.wait_for(lambda: listener.count("/event_camera/events"),
+                          lambda: last_stamp("/event_camera/events") >= restarted,
+                          "packets after the sweep restarted", alive=all_alive(*procs))
     finally:
         listener.close()
         for p in procs:
@@ -274,10 +336,10 @@ def test_rig_publishes_contract_streams_driven_by_the_lens(tmp_path):
 
     # the lens drives the rig: sweeping makes events, a held lens only noise
     packets = listener.items("/event_camera/events")
-    sweeping = _event_rate(packets, sweeping_from, sweeping_to)
-    held = _event_rate(packets, held_from, held_to)
-    assert sweeping > 5000, sweeping
-    assert held < 0.1 * sweeping, (held, sweeping)
+    sweeping_rate = _event_rate(packets, *sweeping)
+    held_rate = _event_rate(packets, *held)
+    assert sweeping_rate > 5000, sweeping_rate
+    assert held_rate < 0.1 * sweeping_rate, (held_rate, sweeping_rate)
 
     # frames at 10 Hz, ground truth under the same stamps
     frames = listener.items("/camera/image_raw")
