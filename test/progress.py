@@ -33,3 +33,9 @@ def wait_for_progress(progress, done, what: str, stall_s: float = STALL_S, step:
         elif time.monotonic() - moved_at > stall_s:
             raise StalledError(f"{what}: no progress for {stall_s:.0f} s (stuck at {last!r})")
         time.sleep(step)
+
+
+def wait_for_condition(done, what: str, alive=None, stall_s: float = STALL_S) -> None:
+    """Until done(), for things one event away (discovery, matching, a reply): nothing counts
+    while they come, so the whole stall window is theirs."""
+    wait_for_progress(lambda: None, done, what, stall_s=stall_s, alive=alive)

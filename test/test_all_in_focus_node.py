@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rclpy
-from progress import STALL_S, wait_for_progress
+from progress import STALL_S, wait_for_condition, wait_for_progress
 from rclpy.parameter import Parameter
 from test_sim_rig import (
     Listener,
@@ -129,7 +129,7 @@ def graph_progress(listener) -> tuple:
 def wait_for_outputs(procs, listener, n: int, what: str) -> None:
     """Until the listener has heard n images on /efs/all_in_focus (however long that takes
     here); StalledError when the graph stops moving or a node process exits."""
-    listener.wait_for(lambda: graph_progress(listener), lambda: len(_outputs(listener)) >= n,
+    wait_for_progress(lambda: graph_progress(listener), lambda: len(_outputs(listener)) >= n,
                       what, alive=all_alive(*procs))
 
 
@@ -156,7 +156,7 @@ def wait_for_status(procs, listener, predicate, progress, what: str) -> dict:
         if st is not None and predicate(st):
             found.append(st)
         return bool(found)
-    listener.wait_for(progress, done, what, alive=all_alive(*procs))
+    wait_for_progress(progress, done, what, alive=all_alive(*procs))
     return found[0]
 
 
@@ -176,7 +176,7 @@ def depth_pairs(listener) -> dict:
 
 
 def wait_for_truthful_outputs(procs, listener, n: int) -> None:
-    listener.wait_for(lambda: (graph_progress(listener), len(depth_pairs(listener))),
+    wait_for_progress(lambda: (graph_progress(listener), len(depth_pairs(listener))),
                       lambda: len(heard_outputs(listener)[2]) >= n
                       and len(depth_pairs(listener)) >= n,
                       f"{n} outputs with their frame and truth", alive=all_alive(*procs))
@@ -211,9 +211,11 @@ DEPTH_ABS_REL_GUARD = 0.65
 pixels), each output: 1.5x the worst measured. Measured (golden method, classical backend,
 96x72 scene at 0.3..2 m; 4 runs x 8 outputs): 0.37-0.44 (median |d - gt| / gt: 0.32-0.42).
 That is worse than the best constant guess (0.72 m: 0.31; median 0.17): depth comes out
-~0.65x the truth (rescaled by the best factor, 1.4-1.6: 0.27-0.36) because the refocus map
-lands ~20 ms of a 100 ms sweep after the true focus time; the offline pipeline (run_pipeline
-on simulate_sweep) gives the same 0.38-0.40."""
+~0.65x the truth (rescaled by the best factor, 1.4-1.6: 0.27-0.36); the offline pipeline
+(run_pipeline on simulate_sweep) gives the same 0.38-0.40. Not a time offset (the error's
+sign follows the sweep direction, depth is always too near): sim/optics.disk_kernel renders
+no blur below ~1.1 px, so a band around focus is equally sharp, and the golden method gives
+each patch a single time (issue 11)."""
 DEPTH_ABS_REL_TARGET = 0.25
 """What a working depth must reach, clearly better than any constant (0.31): the test is an
 expected failure (strict, so it shows when the pipeline gets there) until it does."""
@@ -224,7 +226,8 @@ class DepthOffTargetError(AssertionError):
 
 
 @pytest.mark.xfail(raises=DepthOffTargetError, strict=True,
-                   reason="live depth AbsRel 0.37-0.44, ~0.65x the truth (refocus times ~20 ms late)")
+                   reason="live depth AbsRel 0.37-0.44, ~0.65x the truth (no sim blur under "
+                          "1.1 px; one time per golden patch)")
 def test_live_depth_matches_the_rig_truth(graph):
     """/efs/depth against the rig's /ground_truth/depth (same stamp), pixel by pixel."""
     procs, listener = graph
@@ -255,7 +258,7 @@ def test_bad_input_is_counted_and_output_continues(graph):
     frames = node.create_publisher(Image, "/camera/image_raw", 100)
     focus = node.create_publisher(JointState, "/lens/focus_state", 100)
     # our writers matched the node's readers: what is published from here on is sent to it
-    listener.discover(lambda: all(p.get_subscription_count() >= 1 for p in (events, frames, focus)),
+    wait_for_condition(lambda: all(p.get_subscription_count() >= 1 for p in (events, frames, focus)),
                       "the node's readers matching our publishers", alive=all_alive(*procs))
     before = latest_status(listener, STATUS)
     n_outputs = len(_outputs(listener))
@@ -300,7 +303,7 @@ def set_remote_parameters(listener, node_name: str, **values) -> None:
     client = AsyncParameterClient(listener.node, node_name)
     assert client.wait_for_services(timeout_sec=STALL_S), f"{node_name}'s parameter services"
     future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-    listener.wait_for(lambda: None, future.done, f"setting {values} on {node_name}")
+    wait_for_condition(future.done, f"setting {values} on {node_name}")
     assert all(r.successful for r in future.result().results), future.result()
 
 
@@ -375,7 +378,7 @@ def test_event_flood_is_bounded_counted_and_survived(graph):
         return (min(len(during), FLOOD_REPORTS),
                 min(int(last["sweeps"]) - int(before["sweeps"]), 2), lost(last) > 0)
     try:
-        listener.wait_for(progress, lambda: progress() == (FLOOD_REPORTS, 2, True),
+        wait_for_progress(progress, lambda: progress() == (FLOOD_REPORTS, 2, True),
                           "the node reporting through the flood", alive=all_alive(*procs))
     finally:
         set_remote_parameters(listener, "sim_rig", flood_events_per_s=0.0)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from progress import STALL_S, wait_for_progress
+from progress import STALL_S, wait_for_condition, wait_for_progress
 
 from efs_ros.core.waveform import TriangleSweep, WaveformError
 from efs_ros.nodes.focus_controller import ControllerSettings, slope, validate_settings
@@ -131,15 +131,6 @@ class Probe:
         with self.lock:
             return [row for row in self.diagnostics if row[0] >= t0]
 
-    def wait_for(self, predicate, what, timeout=STALL_S):
-        """Until predicate(); a generous stall window for things that are one event away."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return
-            time.sleep(0.02)
-        pytest.fail(f"nothing after {timeout} s waiting for {what}")
-
     def call(self, srv_type, name, request, timeout=STALL_S):
         client = self.node.create_client(srv_type, name)
         try:
@@ -176,7 +167,7 @@ def rig(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT)
     probe = Probe()
     try:
-        probe.wait_for(lambda: len(probe.focus) > 50 or proc.poll() is not None,
+        wait_for_condition(lambda: len(probe.focus) > 50 or proc.poll() is not None,
                        "the first /lens/focus_state messages")
         if proc.poll() is not None:
             log.seek(0)
@@ -297,20 +288,20 @@ def test_unplug_reports_error_and_replug_recovers(sweeping):
     emulator, proc, probe = sweeping
     emulator.unplug()
     t_unplug = time.monotonic()
-    probe.wait_for(lambda: any(t > t_unplug and level == 2 for t, level, *_ in probe.diagnostics),
+    wait_for_condition(lambda: any(t > t_unplug and level == 2 for t, level, *_ in probe.diagnostics),
                    "an ERROR diagnostic after unplugging")
     t_error = next(t for t, level, *_ in probe.diagnostics if t > t_unplug and level == 2)
     # no focus state without a lens: none between the next diagnostics report and the 4th after
     # it (the node's own reports mark time passing on its side, whatever the machine's speed)
-    probe.wait_for(lambda: len(probe.diagnostics_since(t_error)) >= 5, "4 more diagnostics")
+    wait_for_condition(lambda: len(probe.diagnostics_since(t_error)) >= 5, "4 more diagnostics")
     marks = [t for t, *_ in probe.diagnostics_since(t_error)]
     assert [row for row in probe.focus_since(marks[1]) if row[0] < marks[4]] == []
     assert proc.poll() is None
     emulator.replug()
     t_replug = time.monotonic()
-    probe.wait_for(lambda: any(t > t_replug and level in (0, 1) for t, level, *_ in probe.diagnostics),
+    wait_for_condition(lambda: any(t > t_replug and level in (0, 1) for t, level, *_ in probe.diagnostics),
                    "an OK diagnostic after replugging")
-    probe.wait_for(lambda: len(probe.focus_since(t_replug)) > 50, "focus state after replugging")
+    wait_for_condition(lambda: len(probe.focus_since(t_replug)) > 50, "focus state after replugging")
     assert np.ptp([row[3] for row in probe.next_focus(125)]) > 1.0  # sweeping again
     assert proc.poll() is None
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from progress import wait_for_condition, wait_for_progress
 from rosbags.highlevel import AnyReader
 from test_sim_rig import (
     Listener,
@@ -62,10 +63,10 @@ def test_replay_publishes_every_message_in_order_with_clock(bag, tmp_path):
                                                           "--wait-subscribers", "1"],
                              log_dir=tmp_path)
         # the replay ends (its messages heard here are the progress), then the last in flight
-        listener.wait_for(lambda: listener.count(*topics, "/clock"), lambda: not replay.alive(),
+        wait_for_progress(lambda: listener.count(*topics, "/clock"), lambda: not replay.alive(),
                           "the replay publishing the bag")
         assert replay.stop() == 0, replay.log()
-        listener.wait_for(lambda: listener.count(*topics),
+        wait_for_progress(lambda: listener.count(*topics),
                           lambda: listener.count(*topics) == tuple(counts.values()),
                           f"every message of the bag heard ({counts})")
     finally:
@@ -143,12 +144,12 @@ def test_replay_through_the_live_node_equals_eval(bag, tmp_path, run_watched):
                 tuple(int(st[k]) for k in ("packets_accepted", "frames_received", "jobs_done",
                                            "jobs_skipped", "jobs_failed")))
     try:
-        listener.discover(lambda: listener.matched(*topics), "the node's publishers",
+        wait_for_condition(lambda: listener.matched(*topics), "the node's publishers",
                           alive=all_alive(node))
         replay = NodeProcess("efs_ros.tools.replay", args=[
             bag, "--rate", "1", "--clock", "--passes", "2", "--wait-subscribers", "1"],
             log_dir=tmp_path)
-        listener.wait_for(work, lambda: not replay.alive(), "the replay through the node",
+        wait_for_progress(work, lambda: not replay.alive(), "the replay through the node",
                           alive=all_alive(node))
         assert replay.stop() == 0, replay.log()
         # no sleep for a late extra output to show: wait until the node says it has nothing
@@ -159,7 +160,7 @@ def test_replay_through_the_live_node_equals_eval(bag, tmp_path, run_watched):
             after = node_statuses(listener, STATUS)[mark:]
             heard = listener.count("/efs/all_in_focus")[0]
             return len(after) >= 2 and all(settled(st, heard) for st in after[-2:])
-        listener.wait_for(work, quiet, "the node finishing the bag", alive=all_alive(node))
+        wait_for_progress(work, quiet, "the node finishing the bag", alive=all_alive(node))
         status = latest_status(listener, STATUS)
     finally:
         listener.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from progress import STALL_S, wait_for_progress
+from progress import STALL_S, wait_for_condition, wait_for_progress
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -87,8 +87,9 @@ class Listener:
     Every message is converted on arrival (copied out of the rclpy buffers) and appended to
     `got[topic]` as (stamp_ns, payload, monotonic arrival time).
 
-    Waiting: `wait_for` (progress-based, test/progress.py) for work that moves counters;
-    `wait_until` (a deadline) is kept for the callers that still use it."""
+    Waiting: progress.wait_for_progress for work that moves counters (`count` gives the
+    usual snapshot), progress.wait_for_condition for discovery; `wait_until` (a deadline) is
+    kept for the callers that still use it."""
 
     def __init__(self, name: str = "efs_test_listener"):
         self.context = rclpy.Context()
@@ -130,15 +131,6 @@ class Listener:
     def items(self, topic: str) -> list:
         with self.lock:
             return list(self.got.get(topic, []))
-
-    def wait_for(self, progress, done, what: str, alive=None, stall_s: float = STALL_S) -> None:
-        """Until done(); StalledError when progress() stays the same for stall_s (or alive()
-        turns False): the work stopped, however slow the machine is."""
-        wait_for_progress(progress, done, what, stall_s=stall_s, alive=alive)
-
-    def discover(self, done, what: str, alive=None) -> None:
-        """Discovery and matching (nothing counts while a peer appears): STALL_S to show."""
-        wait_for_progress(lambda: None, done, what, stall_s=STALL_S, alive=alive)
 
     def wait_until(self, predicate, timeout: float, step: float = 0.1) -> bool:
         deadline = time.monotonic() + timeout
@@ -280,11 +272,11 @@ def test_rig_publishes_contract_streams_driven_by_the_lens(tmp_path):
     try:
         # every reader matched to the rig's writers before the lens moves and the first word
         # goes out (the rig publishes nothing until it has a lens reading)
-        listener.discover(listener.matched, "the listener matching sim_rig's publishers",
+        wait_for_condition(listener.matched, "the listener matching sim_rig's publishers",
                           alive=all_alive(*procs))
         procs.append(NodeProcess("efs_ros.nodes.focus_controller", {"sim_noise_mdpt": 2.0},
                                  log_dir=tmp_path))
-        listener.wait_for(frames_heard, lambda: frames_heard() >= 25, "25 frames from sim_rig",
+        wait_for_progress(frames_heard, lambda: frames_heard() >= 25, "25 frames from sim_rig",
                           alive=all_alive(*procs))
         frames = listener.items("/camera/image_raw")
         sweeping = (frames[9][0], frames[24][0])  # 1.5 s of stamps, the lens sweeping
@@ -293,13 +285,13 @@ def test_rig_publishes_contract_streams_driven_by_the_lens(tmp_path):
         # the lens holds from now on (ROS time, the clock the lens readings are stamped with)
         held_from = listener.node.get_clock().now().nanoseconds + SETTLE_NS
         held = (held_from, held_from + HELD_NS)
-        listener.wait_for(frames_heard, lambda: last_stamp("/camera/image_raw") >= held[1],
+        wait_for_progress(frames_heard, lambda: last_stamp("/camera/image_raw") >= held[1],
                           "frames past the held window", alive=all_alive(*procs))
         call("/focus_controller/start")
         # a packet stamped after the restart: every packet before it has been decoded (one
         # reliable writer, delivered in order)
         restarted = listener.node.get_clock().now().nanoseconds
-        listener.wait_for(lambda: listener.count("/event_camera/events"),
+        wait_for_progress(lambda: listener.count("/event_camera/events"),
                           lambda: last_stamp("/event_camera/events") >= restarted,
                           "packets after the sweep restarted", alive=all_alive(*procs))
     finally:
