@@ -298,7 +298,6 @@ def packet_rate(phases: list[str], events_per_s: float = 100_000, width: int = 1
                str(events_per_s), *(a for p in phases for a in ("--phase", p))]
         publisher = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)
-        sent_before = 0
         for line in publisher.stdout:
             info = json.loads(line)
             end = info["end_monotonic"]
@@ -323,8 +322,7 @@ def packet_rate(phases: list[str], events_per_s: float = 100_000, width: int = 1
                 "packets": info["sent_packets"], "lost": lost,
                 "backlog_at_end": counted - total(at_end) if at_end else -1,
                 "drain_s": (done_at - end) if drained and done_at else float("nan"),
-                "counted_all": drained, "first_seq": sent_before})
-            sent_before = counted
+                "counted_all": drained})
         publisher.wait(timeout=30)
         if publisher.returncode:
             raise RuntimeError(f"publisher failed: {publisher.stderr.read()[-500:]}")
@@ -638,19 +636,16 @@ def main(argv=None) -> int:
     parser.add_argument("--events-per-s", type=float, default=100_000,
                         help="small-packet publisher: the scene's event rate")
     args = parser.parse_args(argv)
-    if args.publish_packets:
+    if args.publish or args.publish_packets:
         from efs_ros.rosenv import ensure_ros_environment
 
         ensure_ros_environment()
-        run_packet_publisher([parse_packet_phase(p) for p in args.phase], args.width,
-                             args.height, args.events_per_s)
-        return 0
-    if args.publish:
-        from efs_ros.rosenv import ensure_ros_environment
-
-        ensure_ros_environment()
-        run_publisher([parse_phase(p) for p in args.phase or ["1e6:5"]], args.width,
-                      args.height, not args.no_lens, args.frame_rate, args.packet_bytes)
+        if args.publish_packets:
+            run_packet_publisher([parse_packet_phase(p) for p in args.phase], args.width,
+                                 args.height, args.events_per_s)
+        else:
+            run_publisher([parse_phase(p) for p in args.phase or ["1e6:5"]], args.width,
+                          args.height, not args.no_lens, args.frame_rate, args.packet_bytes)
         return 0
     run(quick=args.quick)
     return 0
