@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,17 +283,8 @@ def packet_rate(phases: list[str], events_per_s: float = 100_000, width: int = 1
     packets at each phase's rate: packets/s it counted, lost (seq gaps), and the backlog it
     still had when the phase ended (packets sent, not yet counted) and how long it took to
     drain it."""
-    import tempfile
-
-    env = _ros_env()
-    tmp = Path(tmp or tempfile.mkdtemp(prefix="efs_bench_packets_"))
-    node = start_node({"backend": "classical"}, tmp / "node.log", env)
-    watch = None
     rows = []
-    try:
-        watch = DiagnosticsWatch()
-        if not watch.wait(lambda v: True, 60):
-            raise RuntimeError(f"no diagnostics from the node (log: {tmp / 'node.log'})")
+    with watched_node({"backend": "classical"}, "efs_bench_packets_", tmp) as (env, watch):
         cmd = [sys.executable, "-m", "efs_ros.tools.bench_node", "--publish-packets",
                "--width", str(width), "--height", str(height), "--events-per-s",
                str(events_per_s), *(a for p in phases for a in ("--phase", p))]
@@ -326,10 +318,6 @@ def packet_rate(phases: list[str], events_per_s: float = 100_000, width: int = 1
         publisher.wait(timeout=30)
         if publisher.returncode:
             raise RuntimeError(f"publisher failed: {publisher.stderr.read()[-500:]}")
-    finally:
-        if watch is not None:
-            watch.close()
-        stop(node)
     return rows
 
 
@@ -503,6 +491,27 @@ class DiagnosticsWatch:
         rclpy.try_shutdown(context=self.context)
 
 
+@contextmanager
+def watched_node(params: dict, prefix: str, tmp: Path | None = None):
+    """An all_in_focus node process with `params` and a DiagnosticsWatch on it, once its first
+    report is in: (its DDS environment, the watch); both stopped on leaving."""
+    import tempfile
+
+    env = _ros_env()
+    tmp = Path(tmp or tempfile.mkdtemp(prefix=prefix))
+    node = start_node(params, tmp / "node.log", env)
+    watch = None
+    try:
+        watch = DiagnosticsWatch()
+        if not watch.wait(lambda v: True, 60):
+            raise RuntimeError(f"no diagnostics from the node (log: {tmp / 'node.log'})")
+        yield env, watch
+    finally:
+        if watch is not None:
+            watch.close()
+        stop(node)
+
+
 def sustained_rate(items: list[tuple[float, dict]], key: str = "events_decoded") -> float:
     """Counter increase per second between the first and last diagnostics given."""
     if len(items) < 2:
@@ -515,18 +524,9 @@ def live_throughput(rates_m: list[float], seconds: float, width: int = 1280, hei
                     tmp: Path | None = None, report=print) -> list[dict]:
     """One node process, one publisher process sending each rate for `seconds`: what the node
     decodes per second (its diagnostics), beside what was sent."""
-    import tempfile
-
-    env = _ros_env()
-    tmp = Path(tmp or tempfile.mkdtemp(prefix="efs_bench_node_"))
-    node = start_node({"backend": "classical", "max_buffered_events": 20_000_000,
-                       "idle_flush_s": 0.0}, tmp / "node.log", env)
-    watch = None
     rows = []
-    try:
-        watch = DiagnosticsWatch()
-        if not watch.wait(lambda v: True, 30):
-            raise RuntimeError(f"no diagnostics from the node (log: {tmp / 'node.log'})")
+    params = {"backend": "classical", "max_buffered_events": 20_000_000, "idle_flush_s": 0.0}
+    with watched_node(params, "efs_bench_node_", tmp) as (env, watch):
         phases = [f"{r * 1e6:.0f}:{seconds}" for r in rates_m]
         publisher = start_publisher(["0:1.0", *phases], width, height, lens=False, env=env)
         marks = [json.loads(line) for line in publisher.stdout]
@@ -545,10 +545,6 @@ def live_throughput(rates_m: list[float], seconds: float, width: int = 1280, hei
                          "packets_sent": info["sent_packets"],
                          "lost_share": lost / max(lost + received, 1),
                          "publisher_skipped_slots": info["skipped_slots"]})
-    finally:
-        if watch is not None:
-            watch.close()
-        stop(node)
     return rows
 
 
