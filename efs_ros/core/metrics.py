@@ -109,11 +109,12 @@ def ms_ssim(a, b, data_range: float = 1.0) -> float:
     return float(np.mean(scores))
 
 
-def abs_rel(pred, gt) -> tuple[float, float]:
+def abs_rel(pred, gt, mask=None) -> tuple[float, float]:
     """Depth AbsRel = mean |pred - gt| / gt over pixels finite (and gt > 0) in both, and coverage.
 
     Coverage is the fraction of the pixels with valid ground truth that also have a prediction,
     so that a method cannot look good by answering only where it is easy without saying so.
+    With `mask` only those pixels count (e.g. textured_mask: where depth can be judged at all).
     Returns (nan, 0.0) when no pixel is valid in both.
     """
     pred = np.asarray(pred, dtype=np.float64)
@@ -121,9 +122,30 @@ def abs_rel(pred, gt) -> tuple[float, float]:
     if pred.shape != gt.shape:
         raise ValueError(f"depth shapes differ: {pred.shape} vs {gt.shape}")
     valid_gt = np.isfinite(gt) & (gt > 0)
+    if mask is not None:
+        valid_gt &= np.asarray(mask, dtype=bool)
     both = valid_gt & np.isfinite(pred)
     n_gt = int(valid_gt.sum())
     if not both.any():
         return float("nan"), 0.0
     value = float(np.mean(np.abs(pred[both] - gt[both]) / gt[both]))
     return value, float(both.sum() / n_gt)
+
+
+TEXTURE_MIN_CONTRAST = 0.05
+"""textured_mask: log-luminance contrast (local RMS gradient x window radius) that counts as
+texture: a quarter of a typical event threshold across the window."""
+
+
+def textured_mask(image, window: int = 9, min_contrast: float = TEXTURE_MIN_CONTRAST) -> np.ndarray:
+    """[H, W] bool: pixels whose window x window neighbourhood of the (sharp) image has texture,
+    i.e. where focus, and so depth, can be judged at all. Judged in log luminance, so that dark
+    and bright texture count alike."""
+    from scipy import ndimage
+
+    x = np.asarray(image, dtype=np.float64)
+    lum = x @ np.array([0.2126, 0.7152, 0.0722]) if x.ndim == 3 else x
+    log = np.log(np.clip(lum, 0.0, None) + 1.0 / 255.0)
+    gy, gx = np.gradient(log)
+    power = ndimage.uniform_filter(gx * gx + gy * gy, window, mode="reflect")
+    return np.sqrt(power) * (window // 2) >= min_contrast

@@ -42,6 +42,9 @@ class RigConfig:
     scene_near_m: float = 0.3
     scene_far_m: float = 2.0
     textures: str = "all"
+    """Texture pool: all | train | val | sparse (dots on a plain ground), see scene.texture_pool."""
+    contrast: float = 1.0
+    """Texture contrast about each texture's mean colour (1: as sampled; 0.05: barely visible)."""
     read_noise: float = 0.0
     """Frame read noise, standard deviation in units of full scale."""
     full_well: float = 0.0
@@ -81,7 +84,7 @@ class RigConfig:
 
     def random_scene(self, rng: np.random.Generator) -> Scene:
         return make_scene(rng, self.height, self.width, self.scene_kind, self.scene_near_m, self.scene_far_m,
-                          self.textures)
+                          self.textures, contrast=self.contrast)
 
 
 def exposure_weights(times: np.ndarray, t_start: float, t_end: float) -> np.ndarray:

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-SCENE_KINDS = ("layers", "slanted", "mixed")
+SCENE_KINDS = ("layers", "slanted", "mixed", "continuous")
 
 # Texture pool, split by source so training and validation stay disjoint.
 _SKIMAGE_TRAIN = ("astronaut.png", "chelsea.png", "brick.png", "grass.png", "camera.png", "coins.png",
@@ -30,6 +30,7 @@ _MPL_TRAIN: tuple[str, ...] = ()
 _MPL_VAL = ("grace_hopper.jpg",)
 _PROC_TRAIN = ("noise", "checker", "blobs")
 _PROC_VAL = ("stripes",)
+_PROC_SPARSE = ("dots",)
 PROCEDURAL_FRACTION = 0.3
 """Probability that a layer's texture is procedural rather than an image."""
 
@@ -64,8 +65,10 @@ def _image_paths() -> dict[str, str]:
 
 def texture_pool(textures: str = "all") -> list[str]:
     """Texture names available for a split: image file names and 'proc:<kind>' generators."""
+    if textures == "sparse":  # a separate family: sparse dots on a plain ground
+        return [f"proc:{p}" for p in _PROC_SPARSE]
     if textures not in ("train", "val", "all"):
-        raise ValueError(f"textures must be 'train', 'val' or 'all', got {textures!r}")
+        raise ValueError(f"textures must be 'train', 'val', 'all' or 'sparse', got {textures!r}")
     present = _image_paths()
     images = {"train": _SKIMAGE_TRAIN + _MPL_TRAIN, "val": _SKIMAGE_VAL + _MPL_VAL}
     procs = {"train": _PROC_TRAIN, "val": _PROC_VAL}
@@ -152,6 +155,25 @@ def _procedural(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
         s = np.sin(2 * np.pi * u / period + rng.uniform(0, 2 * np.pi))
         hardness = rng.uniform(0.2, 1.0) * period / (2 * np.pi)
         t = np.clip(0.5 + s * hardness, 0.0, 1.0)
+    elif kind == "dots":  # sparse small dots (1-4 % of the area) on a plain ground
+        img = np.broadcast_to(c0, (h, w, 3)).copy()
+        r_mean = rng.uniform(0.8, 3.0)
+        n = int(rng.uniform(0.01, 0.04) * h * w / (np.pi * r_mean ** 2))
+        cy, cx = rng.uniform(0, h, n), rng.uniform(0, w, n)
+        radii = r_mean * rng.uniform(0.6, 1.4, n)
+        dist = np.full((h, w), np.inf, np.float32)
+        size = np.zeros((h, w), np.float32)
+        for k in range(n):  # each dot touches a few pixels only
+            y0, y1 = int(max(cy[k] - radii[k] - 1, 0)), int(min(cy[k] + radii[k] + 2, h))
+            x0, x1 = int(max(cx[k] - radii[k] - 1, 0)), int(min(cx[k] + radii[k] + 2, w))
+            if y0 >= y1 or x0 >= x1:
+                continue
+            d = np.hypot(yy[y0:y1, x0:x1] - cy[k], xx[y0:y1, x0:x1] - cx[k]) - radii[k]
+            closer = d < dist[y0:y1, x0:x1]
+            dist[y0:y1, x0:x1] = np.where(closer, d, dist[y0:y1, x0:x1])
+            size[y0:y1, x0:x1] = np.where(closer, radii[k], size[y0:y1, x0:x1])
+        a = np.clip(0.5 - dist, 0.0, 1.0)[..., None]
+        return (a * c1 + (1 - a) * img).astype(np.float32)
     elif kind == "blobs":
         img = np.broadcast_to(c0, (h, w, 3)).copy()
         r_mean = rng.uniform(3.0, 14.0)
@@ -308,6 +330,20 @@ def _plane_vergence(rng, h, w, v_a, v_b) -> np.ndarray:
     return v_a + (v_b - v_a) * proj
 
 
+def _smooth_vergence(rng, h, w, v_lo, v_hi) -> np.ndarray:
+    """A smooth random vergence field (a few octaves of low-frequency noise) spanning most of
+    [v_lo, v_hi]."""
+    field_ = np.zeros((h, w))
+    for cells in (2, 4):
+        grid = rng.standard_normal((cells + 3, cells + 3))
+        up = ndimage.zoom(grid, (h / cells, w / cells), order=3, mode="nearest")
+        field_ += up[:h, :w] / cells
+    lo, hi = np.percentile(field_, [1.0, 99.0])
+    t = np.clip((field_ - lo) / max(float(hi - lo), 1e-9), 0.0, 1.0)
+    a, b = rng.uniform(0.0, 0.2), rng.uniform(0.8, 1.0)
+    return v_lo + (v_hi - v_lo) * (a + (b - a) * t)
+
+
 def _sky(rng, h, w) -> np.ndarray:
     top, bottom = _random_colour(rng) * 0.6 + 0.3, _random_colour(rng) * 0.6 + 0.3
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
@@ -316,12 +352,14 @@ def _sky(rng, h, w) -> np.ndarray:
 
 def make_scene(rng: np.random.Generator, height: int = 256, width: int = 256, kind: str = "layers",
                near_m: float = 0.3, far_m: float = 2.0, textures: str = "all",
-               n_foreground: int | None = None, sky: bool = False) -> Scene:
+               n_foreground: int | None = None, sky: bool = False, contrast: float = 1.0) -> Scene:
     """A random scene with surfaces between near_m and far_m.
 
     kind: "layers" = textured background plane + 1..2 fronto-parallel occluders nearer;
     "slanted" = one plane whose depth varies across the image; "mixed" = slanted background plus
-    occluders (fronto or slightly tilted). sky=True puts a texture-poor layer at infinity behind
+    occluders (fronto or slightly tilted); "continuous" = one surface whose depth varies smoothly
+    everywhere (a random low-frequency field over the whole range). `contrast` < 1 pulls every
+    texture towards its mean colour (1: as sampled). sky=True puts a texture-poor layer at infinity behind
     everything (depth NaN in the ground truth) and turns the background into a partial layer.
     """
     if kind not in SCENE_KINDS:
@@ -333,8 +371,14 @@ def make_scene(rng: np.random.Generator, height: int = 256, width: int = 256, ki
     span = v_near - v_far
     albedos, alphas, verg, names = [], [], [], []
 
+    if not contrast > 0:
+        raise ValueError(f"contrast must be positive, got {contrast}")
+
     def add(v_map, alpha, tex_name=None):
         tex, name = sample_texture(rng, h, w, textures, tex_name)
+        if contrast != 1.0:
+            mean = tex.reshape(-1, 3).mean(axis=0)
+            tex = np.clip(mean + np.float32(contrast) * (tex - mean), 0.0, 1.0).astype(np.float32)
         albedos.append(tex)
         alphas.append(np.broadcast_to(alpha, (h, w)).astype(np.float32))
         verg.append(np.broadcast_to(v_map, (h, w)).astype(np.float64))
@@ -361,6 +405,10 @@ def make_scene(rng: np.random.Generator, height: int = 256, width: int = 256, ki
         add(_plane_vergence(rng, h, w, v_a, v_b), bg_alpha)
         n_fg = 0 if n_foreground is None else n_foreground
         bg_front = max(v_a, v_b)
+    elif kind == "continuous":
+        add(_smooth_vergence(rng, h, w, v_far, v_near), bg_alpha)
+        n_fg = 0 if n_foreground is None else n_foreground
+        bg_front = v_near - 0.15 * span
     elif kind == "layers":
         v_bg = rng.uniform(v_far, v_far + 0.3 * span)
         add(np.full((h, w), v_bg), bg_alpha)

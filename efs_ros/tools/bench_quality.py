@@ -1,74 +1,262 @@
-"""`make bench-quality`: all-in-focus quality on fixed, seeded sets of simulated sweeps.
+"""`make bench-quality`: all-in-focus image and depth quality over a seeded matrix of rig families.
 
-Two regimes, each 2 x n sweeps (every scene seen by a clean and by a noisy v2e sensor: clean =
-v2e defaults, threshold 0.2 +- 0.03, 300 Hz photoreceptor, no noise to speak of; noisy = v2e's
-noisy preset, +- 0.05 mismatch, 30 Hz photoreceptor, 0.1 Hz leak, 5 Hz shot noise):
+Each family is a set of ranges (sensor size, worst blur, lens, focus range, frame position,
+event sensor, frame noise, textures, scene geometry); every scene draws its rig at random inside
+them from a fixed seed, so the numbers cannot be tuned to one regime. The last family,
+"held-out", spans the widest ranges with textures from the validation pool and its own seeds:
+it is never used to develop a method, and is reported last.
 
-- "paper" (the default, first): the paper's optics, a 100 mm f/1.2 lens, with the pixel pitch
-  scaled so that at 256 px the worst blur of the [0.5, 3.5] dpt focus range has a radius of
-  10-16 px (drawn per scene); scenes of several depth layers (occluders over a slanted or
-  fronto-parallel background, or one slanted plane) between 0.3 and 2 m, and the frame taken
-  at a random point of the whole sweep, so it is strongly out of focus somewhere (input
-  frames at 23-36 dB, 30 on average; the deblurring nets of the paper's Table 1 reach 26-28).
-- "legacy": the earlier set, worst blur radius 10 px and the frame in the middle 70 % of the
-  sweep, so frames are often nearly sharp (about 29-32 dB); kept for comparison.
+Rows per family: the input frame, the naive reference (core.naive, fixed by issue 11: the floor
+every method must clear), the methods, and the oracle map (every pixel refocused to the time its
+true depth is in focus, exactly as the refocus-map merge does it: what a perfect selection
+would give; not a strict bound next to occluding edges). Scores against the simulator's ground
+truth: PSNR, SSIM, depth AbsRel over textured pixels (metrics.textured_mask of the true image)
+with the coverage of those pixels, and the wall time per job.
 
-Every method runs through the real pipeline (contrast threshold estimated from the job) and is
-scored against the simulator's ground truth: PSNR, SSIM and MS-SSIM of the all-in-focus image,
-depth AbsRel with its coverage, the estimated threshold, and the wall time. "oracle map"
-refocuses every pixel to the time its true depth is in focus, as the refocus-map merge would
-(same threshold, noise rate, event timing, shrinkage): what a perfect selection would give,
-a reference for the selection methods, not a method (not a strict bound: the true depth's time
-is not always the best time for a pixel next to an occluding edge). The scene seeds differ
-from those the methods were developed on.
+Simulated sweeps are cached (keyed by the rig, the sensor and the simulator's source), so a
+second run only re-runs the methods.
 
-    python -m efs_ros.tools.bench_quality [--n 6] [--size 256] [--regime paper|legacy|both]
-                                          [--json out.json] [--quick]
+    python -m efs_ros.tools.bench_quality [--n 4] [--families a,b] [--methods a,b] [--learned]
+                                          [--json out.json] [--quick] [--no-cache]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from efs_ros.core.job import SweepJob
+from efs_ros.core.job import SweepJob, SweepResult
 from efs_ros.core.merge import merge_refocus_map
-from efs_ros.core.metrics import abs_rel, ms_ssim, psnr, ssim
+from efs_ros.core.metrics import abs_rel, psnr, ssim, textured_mask
+from efs_ros.core.naive import naive_stack
 from efs_ros.core.pipeline import PipelineConfig, run_pipeline_with_info
 from efs_ros.core.refocus import EventStack, EventTimeline, Refocuser, isolated_event_mask
 
-METHODS: dict[str, dict] = {
-    "event-rate AF + focus merge": dict(method="event_rate", merge="focus"),
-    "uniform + focus merge": dict(method="uniform", merge="focus"),
-    "golden (paper) + focus merge": dict(method="golden", merge="focus"),
-    "golden (paper) + gradient fusion": dict(method="golden", merge="gradient"),
-    "dense + focus merge": dict(method="dense", merge="focus"),
-    "dense + refocus-map merge": dict(method="dense", merge="refocus_map"),
-    "dense + refocus-map, no event timing": dict(method="dense", merge="refocus_map", event_timing=False),
-    "dense + gradient fusion": dict(method="dense", merge="gradient"),
-}
-SCENE_KINDS = ("mixed", "layers", "slanted")
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class RigFamily:
+    """Ranges a scene's rig is drawn from (uniform unless noted)."""
+
+    name: str
+    about: str
+    seed: int
+    sizes: tuple[tuple[int, int], ...] = ((128, 96), (160, 120), (240, 180), (346, 260), (320, 240))
+    """(width, height) choices."""
+    blur_radius_px: Range = (4.0, 25.0)
+    """Worst blur radius of the focus range, in pixels of this sensor."""
+    f_number: Range = (1.2, 4.0)
+    focal_length_mm: Range = (8.0, 100.0)
+    far_dpt: Range = (0.0, 2.0)
+    span_dpt: Range = (1.5, 6.0)
+    """near_dpt - far_dpt."""
+    frame_fraction: Range = (0.0, 1.0)
+    sensors: tuple[str, ...] = ("clean", "noisy", "voltmeter")
+    threshold: Range = (0.1, 0.4)
+    off_ratio: Range = (0.7, 1.4)
+    """OFF threshold / ON threshold (clipped into `threshold`)."""
+    mismatch: Range = (0.0, 0.08)
+    read_noise: Range = (0.0, 0.02)
+    full_well: Range = (0.0, 0.0)
+    """Log-uniform photo-electrons at full scale (frame shot noise); (0, 0): none."""
+    textures: tuple[str, ...] = ("train",)
+    contrast: Range = (0.3, 1.0)
+    """Log-uniform texture contrast."""
+    scene_kinds: tuple[str, ...] = ("layers", "slanted", "mixed", "continuous")
+    held_out: bool = False
+
+
+FAMILIES: tuple[RigFamily, ...] = (
+    RigFamily("small-clean", "128x96-240x180, clean v2e sensor, studio-clean frames, blur 4-12 px",
+              seed=11, sizes=((128, 96), (160, 120), (192, 144), (240, 180)), blur_radius_px=(4.0, 12.0),
+              sensors=("clean",), read_noise=(0.0, 0.003), textures=("train",)),
+    RigFamily("dvs346-noisy",
+              "346x260, noisy v2e sensor (leak, shot noise, slow photoreceptor), noisy frames",
+              seed=12, sizes=((346, 260),), blur_radius_px=(6.0, 16.0), sensors=("noisy",),
+              read_noise=(0.005, 0.02), full_well=(500.0, 5000.0)),
+    RigFamily("vga-voltmeter", "480x360-640x480, DVS-Voltmeter sensor, blur 8-25 px",
+              seed=13, sizes=((480, 360), (640, 480)), blur_radius_px=(8.0, 25.0), sensors=("voltmeter",),
+              read_noise=(0.0, 0.01)),
+    RigFamily("low-contrast", "texture contrast 3-20 % of the usual, any sensor",
+              seed=14, contrast=(0.03, 0.2)),
+    RigFamily("sparse-dots", "sparse dots on plain grounds, any sensor",
+              seed=15, textures=("sparse",), contrast=(0.2, 1.0)),
+    RigFamily("deep-continuous", "continuous and slanted depth, blur 12-25 px, wide focus ranges",
+              seed=16, blur_radius_px=(12.0, 25.0), span_dpt=(3.0, 8.0),
+              scene_kinds=("continuous", "slanted")),
+    RigFamily("held-out", "every range at once, validation textures, own seeds (never tuned on)",
+              seed=99, sizes=((128, 96), (160, 120), (240, 180), (304, 240), (346, 260), (480, 360),
+                              (640, 480)),
+              textures=("val", "sparse", "all"), contrast=(0.03, 1.0), full_well=(300.0, 30000.0),
+              read_noise=(0.0, 0.03), held_out=True),
+)
+FAMILY_NAMES = tuple(f.name for f in FAMILIES)
 
 
 @dataclass
-class Score:
-    psnr: float
-    ssim: float
-    ms_ssim: float
-    abs_rel: float
-    coverage: float
-    threshold: float
-    ms: float
+class Draw:
+    """One scene of a family: the rig, the sensor, and the numbers drawn for them."""
+
+    family: str
+    index: int
+    rig: object
+    sensor: object
+    params: dict = field(default_factory=dict)
 
 
-def score(job: SweepJob, image: np.ndarray, depth: np.ndarray | None, threshold: float, ms: float) -> Score:
-    gt = job.ground_truth_aif
-    ar, cov = abs_rel(depth, job.ground_truth_depth) if depth is not None else (float("nan"), 0.0)
-    return Score(psnr(image, gt), ssim(image, gt), ms_ssim(image, gt), ar, cov, threshold, ms)
+def _uniform(rng, r: Range) -> float:
+    return float(rng.uniform(*r)) if r[1] > r[0] else float(r[0])
+
+
+def _log_uniform(rng, r: Range) -> float:
+    if r[1] <= 0:
+        return 0.0
+    return float(math.exp(rng.uniform(math.log(r[0]), math.log(r[1]))))
+
+
+def _sensor(kind: str, rng, family: RigFamily):
+    from efs_ros.sim.sensor import SensorConfig
+
+    if kind == "voltmeter":
+        return SensorConfig.randomized(rng, models=("voltmeter",))
+    lo, hi = family.threshold
+    on = _uniform(rng, family.threshold)
+    off = float(np.clip(on * _uniform(rng, family.off_ratio), lo, hi))
+    common = dict(threshold_pos=on, threshold_neg=off, sigma_threshold=_uniform(rng, family.mismatch))
+    if kind == "clean":
+        return SensorConfig(cutoff_hz=_log_uniform(rng, (200.0, 1000.0)),
+                            leak_hz=_log_uniform(rng, (0.001, 0.02)), shot_hz=_log_uniform(rng, (1e-4, 0.01)),
+                            refractory_us=_uniform(rng, (0.0, 500.0)), **common)
+    if kind == "noisy":
+        return SensorConfig(cutoff_hz=_log_uniform(rng, (20.0, 100.0)),
+                            leak_hz=_log_uniform(rng, (0.05, 0.5)), shot_hz=_log_uniform(rng, (1.0, 10.0)),
+                            refractory_us=_uniform(rng, (0.0, 1000.0)), **common)
+    raise ValueError(f"unknown sensor kind {kind!r}")
+
+
+def draw(family: RigFamily, index: int) -> Draw:
+    """Scene `index` of a family: every number from the family's seed and the index."""
+    from efs_ros.sim.optics import ThinLens
+    from efs_ros.sim.rig import RigConfig
+
+    rng = np.random.default_rng([family.seed, index])
+    width, height = family.sizes[int(rng.integers(len(family.sizes)))]
+    radius = _uniform(rng, family.blur_radius_px)
+    far = _uniform(rng, family.far_dpt)
+    near = far + _uniform(rng, family.span_dpt)
+    focal = _uniform(rng, family.focal_length_mm) * 1e-3
+    near = min(near, 0.8 / focal)  # focus stays well outside the focal length
+    lens = ThinLens.for_worst_blur(radius, near, far, focal, _uniform(rng, family.f_number))
+    frame_at = _uniform(rng, family.frame_fraction)
+    sensor_kind = family.sensors[int(rng.integers(len(family.sensors)))]
+    sensor = _sensor(sensor_kind, rng, family)
+    full_well = _log_uniform(rng, family.full_well)
+    textures = family.textures[int(rng.integers(len(family.textures)))]
+    kind = family.scene_kinds[int(rng.integers(len(family.scene_kinds)))]
+    # the scene fills most of the focus range, never beyond it
+    margin = 0.05 * (near - far)
+    scene_near_m, scene_far_m = 1.0 / (near - margin), 1.0 / max(far + margin, 1e-3)
+    rig = RigConfig(height=height, width=width, lens=lens, near_dpt=near, far_dpt=far,
+                    frame_fraction=(frame_at, frame_at), scene_kind=kind, scene_near_m=scene_near_m,
+                    scene_far_m=scene_far_m, textures=textures, contrast=_log_uniform(rng, family.contrast),
+                    read_noise=_uniform(rng, family.read_noise), full_well=full_well)
+    params = {"size": f"{width}x{height}", "blur_radius_px": radius, "far_dpt": far, "near_dpt": near,
+              "focal_length_mm": focal * 1e3, "f_number": lens.f_number, "frame_fraction": frame_at,
+              "sensor": sensor_kind, "threshold_on": sensor.threshold_pos,
+              "threshold_off": sensor.threshold_neg,
+              "mismatch": sensor.sigma_threshold, "read_noise": rig.read_noise, "full_well": full_well,
+              "textures": textures, "contrast": rig.contrast, "scene": kind}
+    return Draw(family.name, index, rig, sensor, params)
+
+
+def _sim_source_hash() -> str:
+    import efs_ros.sim as sim
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(sim.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EFS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "efs_ros")
+    return Path(root) / "bench_quality"
+
+
+JOB_ARRAYS = ("frame", "events", "focus_t", "focus_dpt", "ground_truth_aif", "ground_truth_depth")
+
+
+def simulate(d: Draw, use_cache: bool = True) -> SweepJob:
+    """The job of one draw (cached on disk by rig, sensor and simulator source)."""
+    from efs_ros.sim.rig import simulate_sweep
+
+    what = repr((d.family, d.index, d.rig, d.sensor, _sim_source_hash()))
+    key = hashlib.sha256(what.encode()).hexdigest()[:20]
+    path = cache_dir() / f"{d.family}-{d.index}-{key}.npz"
+    if use_cache and path.exists():
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in JOB_ARRAYS}
+            exposure = float(z["exposure_s"])
+    else:
+        sweep = simulate_sweep(d.rig, d.sensor, np.random.default_rng([d.rig.width, d.index, 7]))
+        job = sweep.to_job(stamp_ns=1_000_000_000 + d.index)
+        arrays = {k: getattr(job, k) for k in JOB_ARRAYS}
+        exposure = job.exposure_s
+        if use_cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, exposure_s=exposure, **arrays)
+            os.replace(tmp, path)
+    return SweepJob(stamp_ns=1_000_000_000 + d.index, frame=arrays["frame"], encoding="rgb8",
+                    events=arrays["events"], focus_t=arrays["focus_t"], focus_dpt=arrays["focus_dpt"],
+                    exposure_s=exposure, ground_truth_aif=arrays["ground_truth_aif"],
+                    ground_truth_depth=arrays["ground_truth_depth"], meta={"source": "bench_quality"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods: each maps a job to a SweepResult
+
+Method = Callable[[SweepJob], SweepResult]
+
+
+def pipeline_method(**kw) -> Method:
+    def method(job: SweepJob) -> SweepResult:
+        return run_pipeline_with_info(job, PipelineConfig(**kw))[0]
+    return method
+
+
+def learned_method() -> Method | None:
+    """The shipped nets through onnxruntime (the learned path), or None without them."""
+    try:
+        from efs_ros.infer import load_backend
+        backend = load_backend("onnxruntime")
+    except Exception as exc:  # noqa: BLE001 - no models or runtime: the row is left out, saying why
+        print(f"bench_quality: learned row left out: {exc}", file=sys.stderr)
+        return None
+    return pipeline_method(refocus_net=backend.refocus, merge_net=backend.merge_weights)
+
+
+BASELINE = "naive reference"
+DEFAULT = "default (dense + focus merge)"
+METHODS: dict[str, Callable[[], Method | None]] = {
+    BASELINE: lambda: naive_stack,
+    DEFAULT: lambda: pipeline_method(),
+    "dense + refocus-map merge": lambda: pipeline_method(merge="refocus_map"),
+    "golden (paper) + focus merge": lambda: pipeline_method(method="golden"),
+    "uniform 64 + focus merge": lambda: pipeline_method(method="uniform"),
+}
+LEARNED = "learned (shipped nets, onnxruntime)"
+INPUT, ORACLE = "input frame", "oracle map (true-depth times)"
 
 
 def oracle_refocus_map(job: SweepJob) -> np.ndarray:
@@ -80,162 +268,199 @@ def oracle_refocus_map(job: SweepJob) -> np.ndarray:
     return np.interp(vergence, job.focus_dpt[order], job.focus_t[order]).astype(np.float32)
 
 
-REGIMES = ("paper", "legacy")
-PAPER_BLUR_RADIUS_PX = (10.0, 16.0)
-"""Worst blur radius of the focus range at 256 px in the paper regime, drawn per scene."""
-
-
-def rig_for(regime: str, i: int, size: int):
-    """The rig of scene i in a regime (see the module doc); seeded by the scene index."""
-    from efs_ros.sim.optics import ThinLens
-    from efs_ros.sim.rig import RigConfig
-
-    kind = SCENE_KINDS[i % len(SCENE_KINDS)]
-    if regime == "legacy":
-        return RigConfig(height=size, width=size, scene_kind=kind)
-    if regime != "paper":
-        raise ValueError(f"unknown regime {regime!r}; expected one of {REGIMES}")
-    radius_256 = np.random.default_rng(2000 + i).uniform(*PAPER_BLUR_RADIUS_PX)
-    near_dpt, far_dpt = RigConfig.near_dpt, RigConfig.far_dpt
-    lens = ThinLens.default(size, max_radius_px=radius_256 * size / 256.0, near_dpt=near_dpt,
-                            far_dpt=far_dpt)
-    return RigConfig(height=size, width=size, scene_kind=kind, frame_fraction=(0.0, 1.0), lens=lens)
-
-
-def simulate_jobs(n: int, size: int, regime: str = "paper") -> list[tuple[str, SweepJob, float]]:
-    """(label, job, true threshold) for n scenes x {clean, noisy}; fixed seeds."""
-    from efs_ros.sim.rig import simulate_sweep
-    from efs_ros.sim.sensor import SensorConfig
-
-    out = []
-    for i in range(n):
-        rig = rig_for(regime, i, size)
-        for label, sensor in (("clean", SensorConfig.clean()), ("noisy", SensorConfig.noisy())):
-            sweep = simulate_sweep(rig, sensor, np.random.default_rng(1000 + i))
-            out.append((label, sweep.to_job(stamp_ns=1_000_000_000 + i), float(sensor.threshold_pos)))
-    return out
-
-
-def run(n: int, size: int, quick: bool = False, regime: str = "paper") -> dict:
-    t_sim = time.perf_counter()
-    jobs = simulate_jobs(n, size, regime)
-    sim_s = time.perf_counter() - t_sim
-    methods = {k: v for k, v in METHODS.items() if not quick or "gradient" not in k}
-    rows: dict[str, dict[str, list[Score]]] = {}
-
-    def add(name: str, label: str, s: Score):
-        rows.setdefault(name, {}).setdefault(label, []).append(s)
-
-    for label, job, _true_c in jobs:
-        add("input frame", label, score(job, job.frame, None, float("nan"), 0.0))
-        info = {}
-        for name, kw in methods.items():
-            t0 = time.perf_counter()
-            result, info = run_pipeline_with_info(job, PipelineConfig(**kw))
-            ms = 1000.0 * (time.perf_counter() - t0)
-            add(name, label, score(job, result.all_in_focus, result.depth, info["threshold"], ms))
-        threshold = info["threshold"]
-        oracle = oracle_image(job, threshold, info["noise_rate_hz"], info["event_filter_us"])
-        add("oracle map (true-depth times)", label, score(job, oracle, None, threshold, float("nan")))
-    true_c = sorted({c for _, _, c in jobs})
-    return {"regime": regime, "n_scenes": n, "size": size, "simulate_s": sim_s, "true_threshold": true_c,
-            "rows": {name: {label: [s.__dict__ for s in scores] for label, scores in by.items()}
-                     for name, by in rows.items()}}
-
-
-def oracle_image(job: SweepJob, threshold: float, noise_rate_hz: float, filter_us: float) -> np.ndarray:
+def oracle_image(job: SweepJob) -> np.ndarray:
     """Every pixel refocused to the time its true depth is in focus, exactly as the refocus-map
-    merge does it (the pipeline's filtered events, threshold, noise rate, event timing and
+    merge does it (the default pipeline's filter, threshold, noise rate, event timing and
     shrinkage): the merge with a perfect selection."""
     cfg = PipelineConfig()
+    _, info = run_pipeline_with_info(job, cfg)
     h, w = job.height, job.width
     events = job.events
-    if filter_us > 0 and len(events):
-        events = events[~isolated_event_mask(events, h, w, filter_us)]
+    if info["event_filter_us"] > 0 and len(events):
+        events = events[~isolated_event_mask(events, h, w, info["event_filter_us"])]
     stack = EventStack(events, h, w, job.sweep_span_s, cfg.n_bins)
     span_us = (stack.span_s[0] * 1e6, stack.span_s[1] * 1e6)
-    refocuser = Refocuser(job.frame, stack, threshold, cfg.response, cfg.colour,
-                          noise_rate_hz=noise_rate_hz, timeline=EventTimeline(events, h, w, span_us))
+    refocuser = Refocuser(job.frame, stack, info["threshold"], cfg.response, cfg.colour,
+                          noise_rate_hz=info["noise_rate_hz"], timeline=EventTimeline(events, h, w, span_us))
     return merge_refocus_map(refocuser, oracle_refocus_map(job), cfg.shrink_window)
 
 
+# ----------------------------------------------------------------------------------------------
+# Scoring and the report
+
+@dataclass
+class Score:
+    psnr: float
+    ssim: float
+    abs_rel: float
+    coverage: float
+    ms: float
+
+
+def score(job: SweepJob, image: np.ndarray, depth: np.ndarray | None, ms: float,
+          textured: np.ndarray) -> Score:
+    gt = job.ground_truth_aif
+    ar, cov = abs_rel(depth, job.ground_truth_depth, textured) if depth is not None else (float("nan"), 0.0)
+    return Score(psnr(image, gt), ssim(image, gt), ar, cov, ms)
+
+
+def run(families: list[RigFamily], n: int, methods: dict[str, Method], use_cache: bool = True,
+        progress=None) -> dict:
+    """Per family, per row: the list of per-scene scores; plus each scene's drawn parameters."""
+    rows: dict[str, dict[str, list[dict]]] = {}
+    scenes: dict[str, list[dict]] = {}
+    sim_s = 0.0
+    for fam in families:
+        by = rows.setdefault(fam.name, {})
+        for i in range(n):
+            d = draw(fam, i)
+            t0 = time.perf_counter()
+            job = simulate(d, use_cache)
+            sim_s += time.perf_counter() - t0
+            textured = textured_mask(job.ground_truth_aif)
+            scenes.setdefault(fam.name, []).append({**d.params, "n_events": int(len(job.events)),
+                                                     "textured": float(textured.mean())})
+            by.setdefault(INPUT, []).append(asdict(score(job, job.frame, None, 0.0, textured)))
+            for name, method in methods.items():
+                t = time.perf_counter()
+                result = method(job)
+                ms = 1000.0 * (time.perf_counter() - t)
+                by.setdefault(name, []).append(asdict(score(job, result.all_in_focus, result.depth, ms,
+                                                            textured)))
+            by.setdefault(ORACLE, []).append(asdict(score(job, oracle_image(job), None, float("nan"),
+                                                          textured)))
+            if progress:
+                progress(f"{fam.name} {i + 1}/{n}: {d.params['size']} {d.params['sensor']} "
+                         f"{d.params['scene']} {d.params['textures']}")
+    return {"n_per_family": n, "simulate_s": sim_s, "rows": rows, "scenes": scenes,
+            "families": {f.name: asdict(f) for f in families}}
+
+
 def _mean(values) -> float:
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     return float(v.mean()) if v.size else float("nan")
 
 
 def summarise(report: dict) -> dict:
-    """Per method and sensor: means, and the PSNR gain over the input frame."""
-    out: dict[str, dict] = {}
-    frame = report["rows"]["input frame"]
-    for name, by in report["rows"].items():
-        out[name] = {}
-        for label, scores in by.items():
-            base = [s["psnr"] for s in frame[label]]
-            out[name][label] = {
-                "psnr": _mean(s["psnr"] for s in scores),
-                "gain_db": _mean(s["psnr"] - b for s, b in zip(scores, base, strict=True)),
-                "ssim": _mean(s["ssim"] for s in scores),
-                "ms_ssim": _mean(s["ms_ssim"] for s in scores),
-                "abs_rel": _mean(s["abs_rel"] for s in scores),
-                "coverage": _mean(s["coverage"] for s in scores),
-                "threshold": _mean(s["threshold"] for s in scores),
-                "ms": _mean(s["ms"] for s in scores),
-            }
+    """Per family and row: means, and the PSNR gain over the naive reference (scene by scene)."""
+    out: dict[str, dict[str, dict]] = {}
+    for fam, by in report["rows"].items():
+        base = [s["psnr"] for s in by[BASELINE]] if BASELINE in by else None
+        out[fam] = {}
+        for name, scores in by.items():
+            m = {k: _mean(s[k] for s in scores) for k in ("psnr", "ssim", "abs_rel", "coverage", "ms")}
+            m["vs_naive_db"] = _mean(s["psnr"] - b for s, b in zip(scores, base, strict=True)) if base else \
+                float("nan")
+            m["min_vs_naive_db"] = float(min(s["psnr"] - b for s, b in zip(scores, base, strict=True))) \
+                if base else float("nan")
+            out[fam][name] = m
+    rows = {name for by in out.values() for name in by}
+    out["mean"] = {name: {k: _mean(out[f][name][k] for f in report["rows"] if name in out[f])
+                          for k in ("psnr", "ssim", "abs_rel", "coverage", "ms", "vs_naive_db")}
+                   for name in sorted(rows, key=list(next(iter(out.values()))).index)}
     return out
 
 
-REGIME_LINES = {
-    "paper": "paper regime: 100 mm f/1.2, worst blur radius 10-16 px at 256 px, frame anywhere in the sweep",
-    "legacy": "legacy regime: worst blur radius 10 px, frame in the middle 70 % of the sweep "
-              "(often nearly sharp)",
-}
+def targets(summary: dict, default: str = DEFAULT) -> list[tuple[str, bool]]:
+    """Issue 11's targets for the default path, each with whether it holds."""
+    fams = [f for f in summary if f != "mean"]
+    out = []
+    for f in fams:
+        d, base, inp = summary[f][default], summary[f][BASELINE], summary[f][INPUT]
+        out.append((f"{f}: default >= naive + 1.5 dB ({d['vs_naive_db']:+.2f})", d["vs_naive_db"] >= 1.5))
+        out.append((f"{f}: default >= input frame ({d['psnr'] - inp['psnr']:+.2f} dB)",
+                    d["psnr"] >= inp["psnr"]))
+        out.append((f"{f}: SSIM above naive and input ({d['ssim']:.3f} vs {base['ssim']:.3f}, "
+                    f"{inp['ssim']:.3f})", d["ssim"] > max(base["ssim"], inp["ssim"])))
+        out.append((f"{f}: depth AbsRel <= 0.08 at coverage >= 60 % ({d['abs_rel']:.3f} at "
+                    f"{d['coverage']:.0%})", d["abs_rel"] <= 0.08 and d["coverage"] >= 0.6))
+    m = summary["mean"][default]
+    out.append((f"mean: default >= naive + 2.5 dB ({m['vs_naive_db']:+.2f})", m["vs_naive_db"] >= 2.5))
+    return out
 
 
-def print_table(report: dict, summary: dict) -> None:
-    print(REGIME_LINES.get(report.get("regime", ""), report.get("regime", "")))
-    print(f"{report['n_scenes']} scenes x (clean, noisy v2e), {report['size']} x {report['size']}; "
-          f"true threshold {report['true_threshold']}; simulation {report['simulate_s']:.1f} s")
-    head = (f"{'method':38s} {'sensor':6s} {'PSNR':>6s} {'gain':>6s} {'SSIM':>6s} {'MS-SSIM':>7s} "
-            f"{'AbsRel':>7s} {'cover':>6s} {'c est':>6s} {'ms':>6s}")
-    print(head)
-    print("-" * len(head))
-    for name, by in summary.items():
-        for label, m in by.items():
-            print(f"{name:38s} {label:6s} {m['psnr']:6.2f} {m['gain_db']:+6.2f} {m['ssim']:6.3f} "
-                  f"{m['ms_ssim']:7.3f} {m['abs_rel']:7.3f} {m['coverage']:6.2f} {m['threshold']:6.3f} "
-                  f"{m['ms']:6.0f}")
-    best = max((k for k in summary if "oracle" not in k and k != "input frame"),
-               key=lambda k: summary[k].get("clean", {}).get("gain_db", -1e9))
-    noisy = summary[best].get("noisy", {}).get("gain_db", float("nan"))
-    print(f"best on clean sweeps: {best}, {summary[best]['clean']['gain_db']:+.2f} dB over the input frame "
-          f"(target +6 dB); on noisy sweeps {noisy:+.2f} dB{' (a loss)' if noisy < 0 else ''}")
+def print_report(report: dict, summary: dict, out=print) -> None:
+    head = (f"{'row':40s} {'PSNR':>6s} {'vs naive':>8s} {'worst':>6s} {'SSIM':>6s} {'AbsRel':>7s} "
+            f"{'cover':>6s} {'ms':>6s}")
+    for fam, by in summary.items():
+        about = report["families"][fam]["about"] if fam in report["families"] else \
+            f"mean over the {len(summary) - 1} families"
+        held = " [held out]" if report["families"].get(fam, {}).get("held_out") else ""
+        out(f"== {fam}{held}: {about}")
+        out(head)
+        for name, m in by.items():
+            worst = m.get("min_vs_naive_db", float("nan"))
+            out(f"{name:40s} {m['psnr']:6.2f} {m['vs_naive_db']:+8.2f} {worst:+6.2f} {m['ssim']:6.3f} "
+                f"{m['abs_rel']:7.3f} {m['coverage']:6.0%} {m['ms']:6.0f}")
+        out("")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=6, help="scenes (each seen by a clean and a noisy sensor)")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--regime", choices=REGIMES + ("both",), default="both")
-    ap.add_argument("--json", help="also write the per-sweep scores and the summary here")
-    ap.add_argument("--quick", action="store_true", help="skip the gradient-fusion rows")
+    ap.add_argument("--n", type=int, default=4, help="scenes per family")
+    ap.add_argument("--families", default=",".join(FAMILY_NAMES),
+                    help=f"comma-separated subset of {', '.join(FAMILY_NAMES)}")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated rows besides the "
+                    "input, the naive reference and the oracle")
+    ap.add_argument("--learned", action="store_true", help=f"add the row '{LEARNED}'")
+    ap.add_argument("--quick", action="store_true", help="naive reference and default path only")
+    ap.add_argument("--json", help="write the per-scene scores, the draws and the summary here")
+    ap.add_argument("--no-cache", action="store_true", help="simulate every sweep afresh")
     args = ap.parse_args(argv)
-    if args.n < 1 or args.size < 32:
-        print("bench_quality: need --n >= 1 and --size >= 32", file=sys.stderr)
+    names = [s for s in args.families.split(",") if s]
+    unknown = [s for s in names if s not in FAMILY_NAMES]
+    wanted = [s for s in args.methods.split(",") if s] if not args.quick else [DEFAULT]
+    bad = [s for s in wanted if s not in METHODS]
+    if args.n < 1 or unknown or bad:
+        print(f"bench_quality: need --n >= 1 and known names (unknown: {unknown + bad})", file=sys.stderr)
         return 2
+    families = sorted((f for f in FAMILIES if f.name in names), key=lambda f: f.held_out)
+    methods = {BASELINE: naive_stack}
+    methods.update({k: METHODS[k]() for k in wanted if k != BASELINE})
+    if args.learned and (learned := learned_method()) is not None:
+        methods[LEARNED] = learned
     t0 = time.perf_counter()
-    out = {}
-    for regime in (REGIMES if args.regime == "both" else (args.regime,)):
-        report = run(args.n, args.size, args.quick, regime)
-        summary = summarise(report)
-        print_table(report, summary)
-        print()
-        out[regime] = {"summary": summary, **report}
-    print(f"total {time.perf_counter() - t0:.1f} s")
+    report = run(families, args.n, methods, not args.no_cache,
+                 progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    summary = summarise(report)
+    print(f"{len(families)} families x {args.n} scenes; simulation {report['simulate_s']:.0f} s")
+    print_report(report, summary)
+    for line, ok in targets(summary):
+        print(f"{'PASS' if ok else 'FAIL'}  {line}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=1, allow_nan=True)
+            json.dump({"summary": summary, **report}, f, indent=1, allow_nan=True)
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The "paper" regime of earlier benches, kept for bench_search: 100 mm f/1.2, worst blur radius
+# 10-16 px at 256 px, frame anywhere in the sweep, clean and noisy v2e sensor per scene.
+
+PAPER_BLUR_RADIUS_PX = (10.0, 16.0)
+PAPER_SCENE_KINDS = ("mixed", "layers", "slanted")
+
+
+def simulate_jobs(n: int, size: int, regime: str = "paper") -> list[tuple[str, SweepJob, float]]:
+    """(label, job, true threshold) for n scenes x {clean, noisy}; fixed seeds."""
+    from efs_ros.sim.optics import ThinLens
+    from efs_ros.sim.rig import RigConfig, simulate_sweep
+    from efs_ros.sim.sensor import SensorConfig
+
+    if regime != "paper":
+        raise ValueError(f"unknown regime {regime!r}; only 'paper' is kept")
+    out = []
+    for i in range(n):
+        radius_256 = np.random.default_rng(2000 + i).uniform(*PAPER_BLUR_RADIUS_PX)
+        lens = ThinLens.default(size, max_radius_px=radius_256 * size / 256.0, near_dpt=RigConfig.near_dpt,
+                                far_dpt=RigConfig.far_dpt)
+        rig = RigConfig(height=size, width=size, scene_kind=PAPER_SCENE_KINDS[i % 3],
+                        frame_fraction=(0.0, 1.0), lens=lens)
+        for label, sensor in (("clean", SensorConfig.clean()), ("noisy", SensorConfig.noisy())):
+            sweep = simulate_sweep(rig, sensor, np.random.default_rng(1000 + i))
+            out.append((label, sweep.to_job(stamp_ns=1_000_000_000 + i), float(sensor.threshold_pos)))
+    return out
 
 
 if __name__ == "__main__":
