@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from efs_ros.core.events import EVENT_DTYPE, make_events
 from efs_ros.core.job import SweepJob
-from efs_ros.core.merge import focus_weights, gradient_fusion_weights
+from efs_ros.core.merge import focus_weights, gradient_fusion_weights, replace_count_outliers
 from efs_ros.core.metrics import psnr
 from efs_ros.core.pipeline import MERGES, JobError, PipelineConfig, run_pipeline, run_pipeline_with_info
 from efs_ros.core.refocus import (
@@ -634,3 +634,19 @@ def test_event_bins_kernel_equals_the_bincount_path(monkeypatch, t0, t1):
     slow = refocus.event_bins_between(ev, t0, t1, 16, h, w)
     assert fast.dtype == slow.dtype == np.float32 and fast.shape == slow.shape == (16, h, w)
     np.testing.assert_array_equal(fast, slow)
+
+
+def test_lone_count_outliers_take_their_neighbours_median_while_edges_and_ramps_stay():
+    """A pixel firing far more events than its neighbours (low threshold, hot pixel) would turn
+    into a speck; a defocus edge or ramp is shared by its neighbours and must survive."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:50]
+    change = np.where(xx < 25, -3.0, 4.0) + 0.1 * yy + rng.normal(0, 0.3, yy.shape)  # step + ramp
+    spiky = change.copy()
+    spiky[10, 10] += 12.0  # a hot pixel
+    spiky[30, 40] -= 9.0  # a dead-ish one
+    out = replace_count_outliers(spiky.astype(np.float32))
+    assert abs(out[10, 10] - change[10, 10]) < 1.5 and abs(out[30, 40] - change[30, 40]) < 1.5
+    keep = np.ones(change.shape, bool)
+    keep[10, 10] = keep[30, 40] = False
+    np.testing.assert_allclose(out[keep], spiky[keep].astype(np.float32), atol=1e-6)

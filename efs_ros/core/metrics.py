@@ -148,4 +148,4 @@ def textured_mask(image, window: int = 9, min_contrast: float = TEXTURE_MIN_CONT
     log = np.log(np.clip(lum, 0.0, None) + 1.0 / 255.0)
     gy, gx = np.gradient(log)
     power = ndimage.uniform_filter(gx * gx + gy * gy, window, mode="reflect")
-    return np.sqrt(power) * (window // 2) >= min_contrast
+    return np.sqrt(np.maximum(power, 0.0)) * (window // 2) >= min_contrast

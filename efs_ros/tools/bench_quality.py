@@ -70,7 +70,7 @@ class RigFamily:
     full_well: Range = (0.0, 0.0)
     """Log-uniform photo-electrons at full scale (frame shot noise); (0, 0): none."""
     textures: tuple[str, ...] = ("train",)
-    contrast: Range = (0.3, 1.0)
+    contrast: Range = (0.6, 1.0)
     """Log-uniform texture contrast."""
     scene_kinds: tuple[str, ...] = ("layers", "slanted", "mixed", "continuous")
     held_out: bool = False
