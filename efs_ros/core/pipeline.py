@@ -63,8 +63,9 @@ class PipelineConfig:
     """Time bins of the event stack over the sweep (refocus resolution of the dense method)."""
     patch_grid: int = 8
     """Patches per side for golden / event_rate (8 -> the paper's 64 patches)."""
-    merge: str = "focus"
-    """focus (soft focus-measure weights) | refocus_map (each pixel at its own time) | gradient."""
+    merge: str = "refocus_map"
+    """refocus_map (each pixel at its own time) | focus (soft focus-measure weights) | gradient;
+    refocus_map is ahead on bench-quality's matrix in 5 of 7 families, +0.12 dB on the mean."""
     threshold: float | None = None
     """Contrast threshold; None estimates it from the job."""
     confidence_min: float = 0.15

@@ -125,9 +125,9 @@ def memory_cap_bytes(max_buffered_events: int, max_pending_jobs: int, events_que
 @dataclass(frozen=True)
 class NodeSettings:
     """Every parameter of the node (besides use_sim_time); one snapshot per accepted change."""
-    method: str = "dense"
-    merge: str = "focus"
-    n_bins: int = 128
+    method: str = PipelineConfig.method
+    merge: str = PipelineConfig.merge
+    n_bins: int = PipelineConfig.n_bins
     patch_grid: int = 8
     threshold: float = 0.0
     backend: str = "auto"

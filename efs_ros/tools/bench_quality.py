@@ -247,11 +247,11 @@ def learned_method() -> Method | None:
 
 
 BASELINE = "naive reference"
-DEFAULT = "default (dense + focus merge)"
+DEFAULT = "default (dense + refocus-map merge)"
 METHODS: dict[str, Callable[[], Method | None]] = {
     BASELINE: lambda: naive_stack,
     DEFAULT: lambda: pipeline_method(),
-    "dense + refocus-map merge": lambda: pipeline_method(merge="refocus_map"),
+    "dense + focus merge": lambda: pipeline_method(merge="focus"),
     "golden (paper) + focus merge": lambda: pipeline_method(method="golden"),
     "uniform 64 + focus merge": lambda: pipeline_method(method="uniform"),
 }

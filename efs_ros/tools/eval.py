@@ -1,6 +1,6 @@
 """`make eval BAG=... OUT=...`: the nodes' pipeline over a recording, offline (CONTRACT section 3).
 
-    python -m efs_ros.tools.eval BAG OUT [--method dense] [--merge focus] [--bins 128]
+    python -m efs_ros.tools.eval BAG OUT [--method dense] [--merge refocus_map] [--bins 64]
                                          [--backend none|auto|NAME] [--models DIR] [--no-progress]
 
 Messages go through the same JobAssembler as the live all-in-focus node, so replaying the
@@ -198,10 +198,12 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("bag", type=Path, help="bag folder, .mcap or .db3 file")
     parser.add_argument("out", type=Path, help="output folder (created)")
-    parser.add_argument("--method", default="dense",
+    from efs_ros.core.pipeline import PipelineConfig
+
+    parser.add_argument("--method", default=PipelineConfig.method,
                         help="refocus-time selection: dense | golden | uniform | event_rate")
-    parser.add_argument("--merge", default="focus", help="focus | refocus_map | gradient")
-    parser.add_argument("--bins", type=int, default=128, help="time bins over the sweep")
+    parser.add_argument("--merge", default=PipelineConfig.merge, help="refocus_map | focus | gradient")
+    parser.add_argument("--bins", type=int, default=PipelineConfig.n_bins, help="time bins over the sweep")
     parser.add_argument("--backend", default="none",
                         help="learned nets: none (classical), auto, or a backend name")
     parser.add_argument("--models", type=Path, default=None, help="model folder for --backend")
