@@ -208,14 +208,11 @@ DEPTH_COVERAGE_MIN = 0.5
 have none)."""
 DEPTH_ABS_REL_GUARD = 0.65
 """Regression guard on AbsRel (metrics.abs_rel: mean |depth - truth| / truth over the covered
-pixels), each output: 1.5x the worst measured. Measured (golden method, classical backend,
-96x72 scene at 0.3..2 m; 4 runs x 8 outputs): 0.37-0.44 (median |d - gt| / gt: 0.32-0.42).
-That is worse than the best constant guess (0.72 m: 0.31; median 0.17): depth comes out
-~0.65x the truth (rescaled by the best factor, 1.4-1.6: 0.27-0.36); the offline pipeline
-(run_pipeline on simulate_sweep) gives the same 0.38-0.40. Not a time offset (the error's
-sign follows the sweep direction, depth is always too near): sim/optics.disk_kernel renders
-no blur below ~1.1 px, so a band around focus is equally sharp, and the golden method gives
-each patch a single time (issue 11)."""
+pixels), each output: 1.5x the worst measured before the simulator's blur was fixed. Measured
+(golden method, classical backend, 96x72 scene at 0.3..2 m; 8 outputs): 0.37-0.44 while
+sim/optics.disk_kernel rendered no blur below ~1.1 px (a band around focus equally sharp, depth
+~0.65x the truth); 0.26-0.31 since (2026-12-03, blur between pixel grids). What remains is
+mostly the golden method's one time per patch (issue 11)."""
 DEPTH_ABS_REL_TARGET = 0.25
 """What a working depth must reach, clearly better than any constant (0.31): the test is an
 expected failure (strict, so it shows when the pipeline gets there) until it does."""
@@ -226,8 +223,7 @@ class DepthOffTargetError(AssertionError):
 
 
 @pytest.mark.xfail(raises=DepthOffTargetError, strict=True,
-                   reason="live depth AbsRel 0.37-0.44, ~0.65x the truth (no sim blur under "
-                          "1.1 px; one time per golden patch)")
+                   reason="live depth AbsRel 0.26-0.31 (one time per golden patch)")
 def test_live_depth_matches_the_rig_truth(graph):
     """/efs/depth against the rig's /ground_truth/depth (same stamp), pixel by pixel."""
     procs, listener = graph
