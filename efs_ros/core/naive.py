@@ -66,7 +66,12 @@ def naive_stack(job: SweepJob, config: NaiveConfig | None = None) -> SweepResult
     gain = np.exp(np.float32(c.threshold) * counts)
     lum0 = luminance(frame)
     lums = np.clip((lum0 + np.float32(c.eps)) * gain - np.float32(c.eps), 0.0, 1.0)
-    energy = ndimage.gaussian_laplace(lums, (0, c.log_sigma, c.log_sigma)) ** 2
+    # the Laplacian over the two image axes only (ndimage.gaussian_laplace would add a second
+    # derivative across the slices too)
+    sigma = (0.0, c.log_sigma, c.log_sigma)
+    laplacian = ndimage.gaussian_filter(lums, sigma, order=(0, 2, 0))
+    laplacian += ndimage.gaussian_filter(lums, sigma, order=(0, 0, 2))
+    energy = laplacian ** 2
     energy = ndimage.gaussian_filter(energy, (0, c.energy_sigma, c.energy_sigma))
     e_max = energy.max(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
