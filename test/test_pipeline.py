@@ -25,6 +25,7 @@ from efs_ros.core.refocus import (
     Refocuser,
     colour_line_slopes,
     estimate_noise_rate,
+    estimate_threshold,
     event_bins_between,
     isolated_event_mask,
     log_frame_chw,
@@ -650,3 +651,27 @@ def test_lone_count_outliers_take_their_neighbours_median_while_edges_and_ramps_
     keep = np.ones(change.shape, bool)
     keep[10, 10] = keep[30, 40] = False
     np.testing.assert_allclose(out[keep], spiky[keep].astype(np.float32), atol=1e-6)
+
+
+@pytest.mark.parametrize("events_per_pixel", [0.5, 4.0])
+def test_a_threshold_fit_below_the_floor_is_a_failure_only_when_events_are_plentiful(events_per_pixel):
+    """Events that do not predict the frame's change fit c near 0. With few events that means
+    "refocus gently" (the floor); with several per pixel it contradicts them (each is a whole
+    threshold) and the fit is discarded for the fallback (large blur, continuous depth)."""
+    rng = np.random.default_rng(3)
+    h, w = 48, 64
+    log_frame = np.log(rng.uniform(0.1, 1.0, (h, w)))
+    n = int(events_per_pixel * h * w)
+    ev = np.zeros(n, EVENT_DTYPE)
+    ev["t"] = np.sort(rng.integers(-40_000, 40_000, n))
+    ev["x"], ev["y"], ev["p"] = rng.integers(0, w, n), rng.integers(0, h, n), rng.choice([-1, 1], n)
+    stack = EventStack(ev, h, w, (-0.05, 0.05), n_bins=16)
+
+    def vergence_at(t):
+        return 2.0 + 20.0 * np.asarray(t, dtype=np.float64)  # 1 dpt and 3 dpt at the ends
+
+    c, estimated = estimate_threshold(stack, log_frame, vergence_at, np.zeros((h, w)), erode=1)
+    if events_per_pixel < 1.0:
+        assert (c, estimated) == (0.05, True)
+    else:
+        assert (c, estimated) == (0.2, False)

@@ -450,7 +450,8 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
                        weight: np.ndarray | None = None, smooth: float = 0.0, min_ratio: float = 4.0,
                        erode: int = 4, c_range: tuple[float, float] = (0.05, 0.4),
                        fallback: float = DEFAULT_THRESHOLD, min_pixels: int | None = None,
-                       relaxed_ratio: float = 2.0) -> tuple[float, bool]:
+                       relaxed_ratio: float = 2.0, busy_events_per_pixel: float = 1.0
+                       ) -> tuple[float, bool]:
     """Contrast threshold c from one frame and its sweep: the c that makes defocus look like
     defocus.
 
@@ -473,9 +474,13 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
     clean sensor and at 0.09-0.15 on a noisy one, where the smaller gain keeps noise out).
 
     Returns (c, True); c is clipped up to c_range[0] when the events barely predict the change
-    (refocus gently). Returns (fallback, False) when too few pixels qualify or the fit is above
-    c_range (DVS thresholds are set well inside it in practice; a fit beyond it means the
-    events lag or lose most of the change, and refocusing with it would mostly amplify noise).
+    (refocus gently) in a sparse job. In a busy one (at least `busy_events_per_pixel` events per
+    pixel) a fit below c_range[0] contradicts the events themselves (each is a whole threshold
+    of change): there the ends were not blurred flat (large blur, continuous depth) and the fit
+    has failed, so (fallback, False) is returned. Also (fallback, False) when too few pixels
+    qualify or the fit is above c_range (DVS thresholds are set well inside it in practice; a
+    fit beyond it means the events lag or lose most of the change, and refocusing with it would
+    mostly amplify noise).
     """
     if min_pixels is None:
         min_pixels = max(40, int(0.003 * stack.height * stack.width))
@@ -509,6 +514,8 @@ def estimate_threshold(stack: EventStack, log_frame: np.ndarray, vergence_at, re
         return fallback, False
     c = -num / den
     if not c <= c_range[1]:
+        return fallback, False
+    if c < c_range[0] and stack.n_events >= busy_events_per_pixel * stack.height * stack.width:
         return fallback, False
     return float(max(c, c_range[0])), True
 
