@@ -259,3 +259,20 @@ def test_package_xml_names_only_verified_keys():
     verified = set(ROSDEP_KEYS.values()) | set(PROVIDED_BY.values()) | set(PYTEST_PLUGINS.values())
     unverified = sorted(declared - verified - DECLARED_NOT_IMPORTED)
     assert not unverified, f"package.xml names keys this test has not verified: {unverified}"
+
+
+def test_shipped_node_parameters_are_the_node_and_pipeline_defaults():
+    """config/all_in_focus.yaml (what `ros2 launch` loads) says what the node and PipelineConfig
+    default to, so the benchmarks of the default path measure what a robot runs."""
+    from ruamel.yaml import YAML
+
+    from efs_ros.core.pipeline import PipelineConfig
+    from efs_ros.nodes.all_in_focus import NodeSettings
+
+    params = YAML(typ="safe").load((REPO / "config" / "all_in_focus.yaml").read_text())
+    params = params["all_in_focus"]["ros__parameters"]
+    defaults = NodeSettings()
+    for key, value in params.items():
+        assert getattr(defaults, key) == value, key
+    for key in ("method", "merge", "n_bins"):
+        assert params[key] == getattr(PipelineConfig(), key), key
