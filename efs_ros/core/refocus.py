@@ -211,8 +211,7 @@ class EventTimeline:
         """Per pixel, the index of its first event (its events are first..stop-1)."""
         self.stop = np.searchsorted(pix, np.arange(hw), side="right")
         run = np.cumsum(pol)
-        before = np.where(self.first > 0, run[np.maximum(self.first - 1, 0)], 0) if run.size else \
-            np.zeros(hw, np.int64)
+        before = np.concatenate([[0], run])[self.first]  # running sum before each pixel's first event
         self.level = (run - before[pix]).astype(np.float64)
         """Level (signed count since the pixel's first event, inclusive) after each event."""
         self.polarity = pol.astype(np.float64)
