@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .refocus import LUMA_WEIGHTS
+
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5 -> an 11 x 11 window
@@ -141,10 +143,8 @@ def textured_mask(image, window: int = 9, min_contrast: float = TEXTURE_MIN_CONT
     """[H, W] bool: pixels whose window x window neighbourhood of the (sharp) image has texture,
     i.e. where focus, and so depth, can be judged at all. Judged in log luminance, so that dark
     and bright texture count alike."""
-    from scipy import ndimage
-
     x = np.asarray(image, dtype=np.float64)
-    lum = x @ np.array([0.2126, 0.7152, 0.0722]) if x.ndim == 3 else x
+    lum = x @ LUMA_WEIGHTS.astype(np.float64) if x.ndim == 3 else x
     log = np.log(np.clip(lum, 0.0, None) + 1.0 / 255.0)
     gy, gx = np.gradient(log)
     power = ndimage.uniform_filter(gx * gx + gy * gy, window, mode="reflect")
