@@ -128,6 +128,19 @@ def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     return c0.astype(np.float32), c1.astype(np.float32)
 
 
+def _disc_windows(yy, xx, cy, cx, radii):
+    """For each disc k inside the image: (k, its bounding window, distance of the window's
+    pixels from the disc's centre), so discs are drawn without touching the whole image."""
+    h, w = yy.shape
+    for k in range(len(radii)):
+        y0, y1 = int(max(cy[k] - radii[k] - 1, 0)), int(min(cy[k] + radii[k] + 2, h))
+        x0, x1 = int(max(cx[k] - radii[k] - 1, 0)), int(min(cx[k] + radii[k] + 2, w))
+        if y0 >= y1 or x0 >= x1:
+            continue
+        win = np.s_[y0:y1, x0:x1]
+        yield k, win, np.hypot(yy[win] - cy[k], xx[win] - cx[k])
+
+
 def _procedural(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, np.pi)
@@ -161,17 +174,9 @@ def _procedural(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
         n = int(rng.uniform(0.01, 0.04) * h * w / (np.pi * r_mean ** 2))
         cy, cx = rng.uniform(0, h, n), rng.uniform(0, w, n)
         radii = r_mean * rng.uniform(0.6, 1.4, n)
-        dist = np.full((h, w), np.inf, np.float32)
-        size = np.zeros((h, w), np.float32)
-        for k in range(n):  # each dot touches a few pixels only
-            y0, y1 = int(max(cy[k] - radii[k] - 1, 0)), int(min(cy[k] + radii[k] + 2, h))
-            x0, x1 = int(max(cx[k] - radii[k] - 1, 0)), int(min(cx[k] + radii[k] + 2, w))
-            if y0 >= y1 or x0 >= x1:
-                continue
-            d = np.hypot(yy[y0:y1, x0:x1] - cy[k], xx[y0:y1, x0:x1] - cx[k]) - radii[k]
-            closer = d < dist[y0:y1, x0:x1]
-            dist[y0:y1, x0:x1] = np.where(closer, d, dist[y0:y1, x0:x1])
-            size[y0:y1, x0:x1] = np.where(closer, radii[k], size[y0:y1, x0:x1])
+        dist = np.full((h, w), np.inf, np.float32)  # to the nearest dot's rim
+        for k, win, d in _disc_windows(yy, xx, cy, cx, radii):
+            dist[win] = np.minimum(dist[win], d - radii[k])
         a = np.clip(0.5 - dist, 0.0, 1.0)[..., None]
         return (a * c1 + (1 - a) * img).astype(np.float32)
     elif kind == "blobs":
@@ -181,14 +186,9 @@ def _procedural(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarr
         cy, cx = rng.uniform(0, h, n), rng.uniform(0, w, n)
         radii = r_mean * rng.uniform(0.5, 1.5, n)
         colours = rng.uniform(0.03, 1.0, (n, 3)).astype(np.float32) ** 1.5
-        for k in range(n):  # a few hundred discs, each a small window: cheap
-            y0, y1 = int(max(cy[k] - radii[k] - 1, 0)), int(min(cy[k] + radii[k] + 2, h))
-            x0, x1 = int(max(cx[k] - radii[k] - 1, 0)), int(min(cx[k] + radii[k] + 2, w))
-            if y0 >= y1 or x0 >= x1:
-                continue
-            d = np.hypot(yy[y0:y1, x0:x1] - cy[k], xx[y0:y1, x0:x1] - cx[k])
+        for k, win, d in _disc_windows(yy, xx, cy, cx, radii):  # a few hundred small windows
             a = np.clip(radii[k] - d + 0.5, 0.0, 1.0)[..., None]
-            img[y0:y1, x0:x1] = a * colours[k] + (1 - a) * img[y0:y1, x0:x1]
+            img[win] = a * colours[k] + (1 - a) * img[win]
         return img
     else:
         raise ValueError(f"unknown procedural texture {kind!r}")
