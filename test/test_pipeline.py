@@ -675,3 +675,18 @@ def test_a_threshold_fit_below_the_floor_is_a_failure_only_when_events_are_plent
         assert (c, estimated) == (0.05, True)
     else:
         assert (c, estimated) == (0.2, False)
+
+
+def test_a_given_refocus_map_replaces_the_selection(sweep):
+    """The oracle hook: time 0 everywhere is the frame; the map comes back as given; it needs
+    the refocus-map merge."""
+    job, _ = sweep
+    zeros = np.zeros((job.height, job.width), np.float32)
+    r, _ = run_pipeline_with_info(job, PipelineConfig(merge="refocus_map"), refocus_map=zeros)
+    np.testing.assert_allclose(r.all_in_focus, job.frame, atol=1e-5)
+    np.testing.assert_array_equal(r.refocus_map, zeros)
+    later = np.full_like(zeros, 0.5 * job.sweep_span_s[1])
+    moved, _ = run_pipeline_with_info(job, PipelineConfig(merge="refocus_map"), refocus_map=later)
+    assert np.abs(moved.all_in_focus - job.frame).max() > 0.05
+    with pytest.raises(ValueError, match="refocus_map"):
+        run_pipeline_with_info(job, PipelineConfig(merge="focus"), refocus_map=zeros)

@@ -190,11 +190,18 @@ def run_pipeline(job: SweepJob, config: PipelineConfig | None = None) -> SweepRe
     return run_pipeline_with_info(job, config)[0]
 
 
-def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
-                           ) -> tuple[SweepResult, dict]:
-    """run_pipeline, plus what it decided: threshold (and whether it was estimated), times."""
+def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
+                           refocus_map: np.ndarray | None = None) -> tuple[SweepResult, dict]:
+    """run_pipeline, plus what it decided: threshold (and whether it was estimated), times.
+
+    A given `refocus_map` ([H, W] s) replaces the selection (confidence 1 everywhere): every
+    stage before and after runs as usual, so with the true-depth times this is what a perfect
+    selection would give (bench-quality's oracle row). It needs the refocus-map merge, no nets."""
     config = config or PipelineConfig()
     validate_job(job)
+    if refocus_map is not None and (config.merge != "refocus_map" or config.refocus_net is not None
+                                    or config.merge_net is not None):
+        raise ValueError("a given refocus_map needs merge='refocus_map' and no nets")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     frame = np.asarray(job.frame, dtype=np.float32)
@@ -235,7 +242,11 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None
     timings["threshold"] = _ms(t)
 
     t = time.perf_counter()
-    sel = select(refocuser, events, config)
+    if refocus_map is None:
+        sel = select(refocuser, events, config)
+    else:
+        given = np.asarray(refocus_map, dtype=np.float32)
+        sel = Selection(times_s=np.zeros(0), refocus_map=given, confidence=np.ones_like(given))
     timings["select"] = _ms(t)
 
     times = np.asarray(sel.times_s, dtype=np.float64)

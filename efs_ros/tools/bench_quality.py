@@ -34,11 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from efs_ros.core.job import SweepJob, SweepResult
-from efs_ros.core.merge import merge_refocus_map
 from efs_ros.core.metrics import abs_rel, psnr, ssim, textured_mask
 from efs_ros.core.naive import naive_stack
 from efs_ros.core.pipeline import PipelineConfig, run_pipeline_with_info
-from efs_ros.core.refocus import EventStack, EventTimeline, Refocuser, isolated_event_mask
 from efs_ros.sim.families import FAMILIES, FAMILY_NAMES, Draw, RigFamily, draw
 
 
@@ -133,20 +131,10 @@ def oracle_refocus_map(job: SweepJob) -> np.ndarray:
 
 
 def oracle_image(job: SweepJob) -> np.ndarray:
-    """Every pixel refocused to the time its true depth is in focus, exactly as the refocus-map
-    merge does it (the default pipeline's filter, threshold, noise rate, event timing and
-    shrinkage): the merge with a perfect selection."""
-    cfg = PipelineConfig()
-    _, info = run_pipeline_with_info(job, cfg)
-    h, w = job.height, job.width
-    events = job.events
-    if info["event_filter_us"] > 0 and len(events):
-        events = events[~isolated_event_mask(events, h, w, info["event_filter_us"])]
-    stack = EventStack(events, h, w, job.sweep_span_s, cfg.n_bins)
-    span_us = (stack.span_s[0] * 1e6, stack.span_s[1] * 1e6)
-    refocuser = Refocuser(job.frame, stack, info["threshold"], cfg.response, cfg.colour,
-                          noise_rate_hz=info["noise_rate_hz"], timeline=EventTimeline(events, h, w, span_us))
-    return merge_refocus_map(refocuser, oracle_refocus_map(job), cfg.shrink_window)
+    """Every pixel refocused to the time its true depth is in focus by the default pipeline
+    itself (its filter, threshold, noise rate, event timing and shrinkage): the merge with a
+    perfect selection."""
+    return run_pipeline_with_info(job, PipelineConfig(), refocus_map=oracle_refocus_map(job))[0].all_in_focus
 
 
 # ----------------------------------------------------------------------------------------------
