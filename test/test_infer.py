@@ -26,7 +26,7 @@ from efs_ros.nets.checkpoint import (
     write_manifest,
 )
 from efs_ros.nets.export import ONNX_TOLERANCE, example_inputs, max_abs_difference, publish
-from efs_ros.nets.models import EvMergeNet, EvRefocusNet
+from efs_ros.nets.models import EvMergeNet, EvRefocusNet, EvRestoreNet
 
 TRT_REASON = unavailable_reason()
 
@@ -44,7 +44,7 @@ def _random_nets(seed: int = 0):
     """Nets with every weight perturbed, so outputs depend on all layers (the refocus head
     starts at zero, which would hide a broken decoder)."""
     torch.manual_seed(seed)
-    nets = {"evrefocusnet": EvRefocusNet(), "evmergenet": EvMergeNet()}
+    nets = {"evrefocusnet": EvRefocusNet(), "evmergenet": EvMergeNet(), "evrestorenet": EvRestoreNet()}
     with torch.no_grad():
         for net in nets.values():
             for p in net.parameters():
@@ -149,7 +149,7 @@ def test_pickled_code_is_never_executed(models_copy, tmp_path):
 
 # --- ONNX parity --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["evrefocusnet", "evmergenet"])
+@pytest.mark.parametrize("name", ["evrefocusnet", "evmergenet", "evrestorenet"])
 def test_onnx_runtime_matches_torch_at_two_sizes(models_dir, name):
     model = load_model(name, models_dir)
     data, _ = onnx_bytes(name, models_dir)
@@ -187,6 +187,28 @@ def test_torch_and_onnxruntime_backends_agree(models_dir, hw):
     np.testing.assert_allclose(wt.sum(axis=0), 1.0, atol=1e-5)
     fused = tb.merge(stack, ev)
     np.testing.assert_allclose(fused, np.einsum("nchw,nhw->chw", stack, wt), atol=1e-5)
+    features = _restore_features(*hw)
+    st, so = tb.restore(features), ob.restore(features)
+    assert st.shape == (3, *hw) and tb.has_restore and ob.has_restore
+    np.testing.assert_allclose(so, st, atol=ONNX_TOLERANCE["evrestorenet"])
+    assert float(np.abs(st - features[3:6]).max()) > 1e-3  # the perturbed net does correct
+
+
+def _restore_features(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    features = rng.uniform(-1, 1, (EvRestoreNet().in_channels, h, w)).astype(np.float32)
+    features[:6] = np.log(rng.uniform(0.02, 1.0, (6, h, w)) * 255.0)
+    return features
+
+
+def test_backends_without_the_restore_net_say_so(models_copy):
+    manifest = read_manifest(models_copy)
+    del manifest["models"]["evrestorenet"]
+    write_manifest(models_copy, manifest)
+    for backend in (TorchBackend(models_copy, device="cpu"), OnnxRuntimeBackend(models_copy, provider="cpu")):
+        assert not backend.has_restore
+        with pytest.raises(BackendUnavailableError, match="no restoration net"):
+            backend.restore(_restore_features(8, 8))
 
 
 def test_backend_handles_mono_batches_and_rejects_bad_shapes(models_dir):
@@ -316,6 +338,8 @@ def test_tensorrt_matches_torch_and_reuses_its_engine(models_dir, tmp_path):
     tol = 0.05 if trt.fp16 else 1e-3
     np.testing.assert_allclose(trt.refocus(lf, bins), tb.refocus(lf, bins), atol=tol)
     np.testing.assert_allclose(trt.merge_weights(stack, ev), tb.merge_weights(stack, ev), atol=tol)
+    features = _restore_features(60, 84)
+    np.testing.assert_allclose(trt.restore(features), tb.restore(features), atol=tol)
     trt.close()
     again = TensorRTBackend(models_dir, cache_dir=tmp_path, max_hw=(128, 128), max_slices=8)
     assert not any(o.built for o in again.outcomes.values())

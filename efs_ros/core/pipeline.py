@@ -33,6 +33,7 @@ from .refocus import (
     luminance,
     merge_event_stacks,
 )
+from .restore import restore_features, restored_image
 from .select import (
     Selection,
     dense_selection,
@@ -97,6 +98,9 @@ class PipelineConfig:
     refocus_net: RefocusNet | None = None
     merge_net: MergeNet | None = None
     net_event_bins: int = 64
+    restore_net: Callable[[np.ndarray], np.ndarray] | None = None
+    """Single-pass learned path: core.restore features [C,H,W] -> corrected log-response RGB
+    [3,H,W], applied to the classical refocus-map image (InferenceBackend.restore)."""
     shrink_window: int = 7
     """Refocus-map and focus merges: window of the local Wiener shrinkage of each pixel's change
     from the frame against the events' noise (merge.wiener_shrink); 0 = off."""
@@ -202,6 +206,10 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
     if refocus_map is not None and (config.merge != "refocus_map" or config.refocus_net is not None
                                     or config.merge_net is not None):
         raise ValueError("a given refocus_map needs merge='refocus_map' and no nets")
+    if config.restore_net is not None and (config.merge != "refocus_map" or config.refocus_net is not None
+                                           or config.merge_net is not None):
+        raise ValueError("restore_net corrects the classical refocus-map image: it needs "
+                         "merge='refocus_map' and no refocus/merge nets")
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     frame = np.asarray(job.frame, dtype=np.float32)
@@ -290,6 +298,12 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
                                      config.focus_window, config.focus_presmooth, counts,
                                      config.shrink_window, times)
         timings["merge"] = _ms(t)
+        if config.restore_net is not None:
+            t = time.perf_counter()
+            features = restore_features(frame, aif, sel.refocus_map, sel.confidence, events,
+                                        job.focus_t, job.focus_dpt, config.response)
+            aif = restored_image(config.restore_net(features), frame, config.response)
+            timings["restore"] = _ms(t)
 
     t = time.perf_counter()
     depth = depth_from_refocus_map(sel.refocus_map, job.focus_t, job.focus_dpt, sel.confidence,

@@ -1,4 +1,4 @@
-"""One interface for running EvRefocusNet / EvMergeNet, whatever executes them.
+"""One interface for running EvRefocusNet / EvMergeNet / EvRestoreNet, whatever executes them.
 
 Inputs and outputs are numpy float32 in the layouts of the pipeline hooks
 (`PipelineConfig.refocus_net` / `merge_net`), so a backend's bound methods plug in directly.
@@ -18,6 +18,17 @@ from efs_ros.nets.models import N_BINS, SIZE_MULTIPLE
 log = logging.getLogger("efs_ros.infer")
 
 NET_CHANNELS = 3
+
+PER_SLICE_NETS = ("evrefocusnet", "evmergenet")
+RESTORE_NET = "evrestorenet"
+
+
+def shipped_nets(models_dir=None) -> tuple[str, ...]:
+    """The nets a backend opens: the per-slice pair always (a missing one is a load error, as
+    before), the restoration net when the manifest has it."""
+    from efs_ros.nets.checkpoint import read_manifest
+
+    return PER_SLICE_NETS + ((RESTORE_NET,) if RESTORE_NET in read_manifest(models_dir)["models"] else ())
 
 
 def check_trained_response(models_dir=None) -> str | None:
@@ -82,6 +93,15 @@ class InferenceBackend(ABC):
     def _run_merge(self, stack: np.ndarray, event_stacks: np.ndarray) -> np.ndarray:
         """[1,N,3,H,W], [1,N,H,W] -> [1,N,H,W] softmax weights."""
 
+    def _run_restore(self, features: np.ndarray) -> np.ndarray:
+        """[1,C,H,W] restore features -> [1,3,H,W] log-response image (backends that load it)."""
+        raise BackendUnavailableError(f"{self.name}: no restoration net (evrestorenet) shipped")
+
+    @property
+    def has_restore(self) -> bool:
+        """Whether the models folder ships the restoration net (the single-pass learned path)."""
+        return RESTORE_NET in getattr(self, "nets", ())
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
         """Release device memory / sessions (optional)."""
 
@@ -137,6 +157,13 @@ class InferenceBackend(ABC):
         ev, _ = pad_to_multiple(ev)
         w = crop_to(self._run_merge(st[None], ev[None])[0], hw)
         return np.ascontiguousarray(w, dtype=np.float32)
+
+    def restore(self, features) -> np.ndarray:
+        """core.restore features [C,H,W] -> corrected log-response RGB [3,H,W]."""
+        f = _as_f32("features", features, (3,))
+        f, hw = pad_to_multiple(f)
+        out = crop_to(self._run_restore(f[None])[0], hw)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def merge(self, stack, event_stacks) -> np.ndarray:
         """The fused image [C,H,W]: the weighted sum with the same weights for every channel."""

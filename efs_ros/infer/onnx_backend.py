@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from efs_ros.infer.base import BackendUnavailableError, InferenceBackend, check_trained_response
+from efs_ros.infer.base import BackendUnavailableError, InferenceBackend, check_trained_response, shipped_nets
 from efs_ros.nets.checkpoint import onnx_bytes
 
 
@@ -47,7 +47,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         if threads:
             opts.intra_op_num_threads = threads
         self.sessions = {}
-        for net in ("evrefocusnet", "evmergenet"):
+        self.nets = shipped_nets(models_dir)
+        for net in self.nets:
             data, _ = onnx_bytes(net, models_dir)  # raises ModelLoadError on a bad checksum
             sess = ort.InferenceSession(data, sess_options=opts, providers=providers)
             self.sessions[net] = (sess, [i.name for i in sess.get_inputs()])
@@ -62,6 +63,11 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def _run_merge(self, stack, event_stacks):
         return self._run("evmergenet", stack, event_stacks)
+
+    def _run_restore(self, features):
+        if not self.has_restore:
+            return super()._run_restore(features)
+        return self._run("evrestorenet", features)
 
     def close(self) -> None:
         self.sessions.clear()

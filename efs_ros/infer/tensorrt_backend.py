@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from efs_ros.infer.base import NET_CHANNELS, BackendUnavailableError, InferenceBackend, check_trained_response
+from efs_ros.core.restore import FEATURE_CHANNELS
+from efs_ros.infer.base import (
+    NET_CHANNELS,
+    BackendUnavailableError,
+    InferenceBackend,
+    check_trained_response,
+    shipped_nets,
+)
 from efs_ros.infer.engine_cache import CacheOutcome, EngineCache
 from efs_ros.nets.checkpoint import onnx_bytes
 from efs_ros.nets.models import N_BINS, SIZE_MULTIPLE
@@ -86,7 +93,8 @@ class TensorRTBackend(InferenceBackend):
         self.outcomes: dict[str, CacheOutcome] = {}
         self.engines = {}
         self.contexts = {}
-        for net in ("evrefocusnet", "evmergenet"):
+        self.nets = shipped_nets(models_dir)
+        for net in self.nets:
             data, sha = onnx_bytes(net, models_dir)
             fields = self._key_fields(net, sha)
             engine, outcome = self.cache.get_or_build(
@@ -112,6 +120,9 @@ class TensorRTBackend(InferenceBackend):
                 "event_bins": ((1, N_BINS, hmin, wmin), (1, N_BINS, ho, wo),
                                (self.max_batch, N_BINS, hm, wm)),
             }
+        if net == "evrestorenet":
+            f = FEATURE_CHANNELS
+            return {"features": ((1, f, hmin, wmin), (1, f, ho, wo), (1, f, hm, wm))}
         s = self.max_slices
         so = min(8, s)
         return {
@@ -193,6 +204,11 @@ class TensorRTBackend(InferenceBackend):
 
     def _run_merge(self, stack, event_stacks):
         return self._execute("evmergenet", {"stack": stack, "event_stacks": event_stacks}, "weights")
+
+    def _run_restore(self, features):
+        if not self.has_restore:
+            return super()._run_restore(features)
+        return self._execute("evrestorenet", {"features": features}, "log_image")
 
     def close(self) -> None:
         self.contexts.clear()

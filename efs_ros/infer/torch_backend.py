@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from efs_ros.infer.base import BackendUnavailableError, InferenceBackend, check_trained_response
+from efs_ros.infer.base import BackendUnavailableError, InferenceBackend, check_trained_response, shipped_nets
 from efs_ros.nets.checkpoint import load_model
 
 
@@ -24,8 +24,8 @@ class TorchBackend(InferenceBackend):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.name = f"torch-{self.device.type}"
-        self.refocus_model = load_model("evrefocusnet", models_dir, device=str(self.device))
-        self.merge_model = load_model("evmergenet", models_dir, device=str(self.device))
+        self.nets = shipped_nets(models_dir)
+        self.models = {net: load_model(net, models_dir, device=str(self.device)) for net in self.nets}
         self.response_warning = check_trained_response(models_dir)
 
     def _run(self, model, *arrays: np.ndarray) -> np.ndarray:
@@ -34,7 +34,12 @@ class TorchBackend(InferenceBackend):
         return out.float().cpu().numpy()
 
     def _run_refocus(self, log_frame, event_bins):
-        return self._run(self.refocus_model, log_frame, event_bins)
+        return self._run(self.models["evrefocusnet"], log_frame, event_bins)
 
     def _run_merge(self, stack, event_stacks):
-        return self._run(self.merge_model, stack, event_stacks)
+        return self._run(self.models["evmergenet"], stack, event_stacks)
+
+    def _run_restore(self, features):
+        if not self.has_restore:
+            return super()._run_restore(features)
+        return self._run(self.models["evrestorenet"], features)

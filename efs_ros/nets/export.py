@@ -27,22 +27,28 @@ from efs_ros.nets.checkpoint import (
     sha256_file,
     write_manifest,
 )
-from efs_ros.nets.models import EvMergeNet, EvRefocusNet, count_parameters
+from efs_ros.nets.models import EvMergeNet, EvRefocusNet, EvRestoreNet, count_parameters
 
 OPSET = 17
-ONNX_TOLERANCE = {"evrefocusnet": 1e-3, "evmergenet": 1e-4}
+ONNX_TOLERANCE = {"evrefocusnet": 1e-3, "evmergenet": 1e-4, "evrestorenet": 1e-3}
 """Max abs difference ORT-CPU vs PyTorch: log intensity (refocus) and softmax weights (merge)."""
 
 IO_NAMES = {
     "evrefocusnet": (["log_frame", "event_bins"], ["log_image"]),
     "evmergenet": (["stack", "event_stacks"], ["weights"]),
+    "evrestorenet": (["features"], ["log_image"]),
 }
+EXPORT_NAMES = {EvRefocusNet: "evrefocusnet", EvMergeNet: "evmergenet", EvRestoreNet: "evrestorenet"}
 
 
 def example_inputs(model: torch.nn.Module, h: int = 32, w: int = 48, n: int = 3, seed: int = 0):
     """Random inputs of the right layout, for tracing and for parity checks."""
     g = torch.Generator().manual_seed(seed)
     c = model.channels
+    if isinstance(model, EvRestoreNet):
+        feats = torch.rand(1, model.in_channels, h, w, generator=g)
+        feats[:, :6] = feats[:, :6] * 3.0 + 2.0  # log-response images
+        return (feats,)
     if isinstance(model, EvRefocusNet):
         return (
             torch.rand(1, c, h, w, generator=g) * 3.0 - 3.5,
@@ -56,11 +62,13 @@ def example_inputs(model: torch.nn.Module, h: int = 32, w: int = 48, n: int = 3,
 
 def export_bytes(model: torch.nn.Module) -> bytes:
     """Serialise `model` to ONNX with dynamic H/W (and B or N) axes."""
-    name = "evrefocusnet" if isinstance(model, EvRefocusNet) else "evmergenet"
-    if not isinstance(model, (EvRefocusNet, EvMergeNet)):
+    name = EXPORT_NAMES.get(type(model))
+    if name is None:
         raise TypeError(f"cannot export {type(model).__name__}")
     inputs, outputs = IO_NAMES[name]
-    if name == "evrefocusnet":
+    if name == "evrestorenet":
+        dyn = {inputs[0]: {2: "height", 3: "width"}, outputs[0]: {2: "height", 3: "width"}}
+    elif name == "evrefocusnet":
         dyn = {inputs[0]: {0: "batch", 2: "height", 3: "width"},
                inputs[1]: {0: "batch", 2: "height", 3: "width"},
                outputs[0]: {0: "batch", 2: "height", 3: "width"}}

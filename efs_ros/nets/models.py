@@ -1,4 +1,4 @@
-"""EvRefocusNet and EvMergeNet: small U-Nets sized for CPU training and embedded-GPU inference.
+"""EvRefocusNet, EvMergeNet and EvRestoreNet: small U-Nets sized for CPU training and embedded-GPU inference.
 
 The authors' nets (about 5 M parameters each, dense blocks, 128..512 channels) take seconds per
 pass on a CPU. These keep their topology (two encoders fused at every scale, decoder with skip
@@ -196,7 +196,43 @@ class EvMergeNet(nn.Module):
         return (stack * weights.unsqueeze(2)).sum(dim=1)
 
 
-MODEL_CLASSES = {"evrefocusnet": EvRefocusNet, "evmergenet": EvMergeNet}
+class EvRestoreNet(nn.Module):
+    """Classical all-in-focus estimate + its evidence -> corrected image, in one pass.
+
+    Input: core.restore.restore_features (frame and classical image in the log response,
+    relative vergence, event counts around each pixel's own time, confidence). Output =
+    response(classical) + residual, with the residual head at zero to start, so an untrained
+    net returns the classical image; training learns what integration misses (detail under one
+    threshold, still blurred as in the frame, by a disc that grows with the vergence).
+    """
+
+    def __init__(self, base: int = 16, in_channels: int = 12, log_center: float = LOG_CENTER):
+        super().__init__()
+        self.config = {"base": base, "in_channels": in_channels, "log_center": float(log_center)}
+        self.log_center = float(log_center)
+        self.channels = 3
+        self.in_channels = in_channels
+        widths = _widths(base)
+        c0, c1, c2 = widths
+        self.enc = Encoder(in_channels, widths)
+        self.bottleneck = nn.Sequential(ConvBlock(c2, c2), ConvBlock(c2, c2))
+        self.up1 = UpBlock(c2, c1, c1)
+        self.up0 = UpBlock(c1, c0, c0, n_convs=2)
+        self.head = nn.Conv2d(c0, 3, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [B,in_channels,H,W] -> log-response image [B,3,H,W]."""
+        centred = torch.cat([features[:, :6] - self.log_center, features[:, 6:]], dim=1)
+        f0, f1, f2 = self.enc(centred)
+        x = self.bottleneck(f2)
+        x = self.up1(x, f1)
+        x = self.up0(x, f0)
+        return features[:, 3:6] + self.head(x)
+
+
+MODEL_CLASSES = {"evrefocusnet": EvRefocusNet, "evmergenet": EvMergeNet, "evrestorenet": EvRestoreNet}
 
 
 def build_model(name: str, config: dict | None = None) -> nn.Module:
@@ -223,6 +259,9 @@ def flops_per_megapixel(model: nn.Module, n_slices: int = 8, size: tuple[int, in
     c = model.channels
     if isinstance(model, EvRefocusNet):
         args = (torch.zeros(1, c, h, w), torch.zeros(1, model.n_bins, h, w))
+        per = 1
+    elif isinstance(model, EvRestoreNet):
+        args = (torch.zeros(1, model.in_channels, h, w),)
         per = 1
     else:
         args = (torch.zeros(1, n_slices, c, h, w), torch.zeros(1, n_slices, h, w))
