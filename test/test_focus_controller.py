@@ -156,7 +156,8 @@ def rig(tmp_path_factory):
     from efs_ros.lens.emulator import LensDriverEmulator
 
     folder = tmp_path_factory.mktemp("focus_controller")
-    emulator = LensDriverEmulator(folder / "lens0", time_constant_s=0.003).start()
+    # type-A firmware encodes (dpt + 5) x 200: the node's firmware_type auto must ask and apply it
+    emulator = LensDriverEmulator(folder / "lens0", time_constant_s=0.003, firmware_type="A").start()
     log = open(folder / "node.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "efs_ros.nodes.focus_controller", "--ros-args",
@@ -216,6 +217,9 @@ def test_focus_state_stream(sweeping):
     velocity = np.array([row[4] for row in rows])
     assert position.max() == pytest.approx(NEAR, abs=0.05)
     assert position.min() == pytest.approx(FAR, abs=0.05)
+    # the optics themselves (the emulator's state, not the driver's reading) are in the range:
+    # a wrong firmware offset would put them 5 dpt off while reading back consistently
+    assert FAR - 0.1 <= emulator.focus_dpt <= NEAR + 0.1
     # Monotonic between turning points, and the lens turns only at the ends of the range.
     turns = turning_points(position)
     assert len(turns) >= 4  # 500 samples (2 s or more) hold several 0.35 s sweeps

@@ -1,11 +1,15 @@
 """Optotune Lens Driver 4 over a serial port: focal-power control with CRC-checked replies.
 
-Wire format (Lens Driver 4 manual, checked against public drivers): 115200 8N1; the host sends
-`Start` and the driver answers `Ready\\r\\n`. Every later command is ASCII letters, big-endian
-binary arguments, then the CRC-16/ARC of those bytes, little endian. Replies are the command
-with its `r`/`w` letter dropped (`PrDA` -> `PDA`), big-endian data, the CRC-16/ARC of the reply
-bytes (little endian) and `\\r\\n`; an error reply starts with `E`. Because binary data and CRCs
-may contain `\\r\\n`, replies are framed by their known length, never by line.
+Wire format as the public drivers for it use it (REFERENCE.md in the shared folder, "Optotune Lens
+Driver 4"): 115200 8N1; the host sends `Start` and the driver answers `Ready\\r\\n`. A command is
+ASCII letters, big-endian binary arguments, then the CRC-16/ARC of those bytes, little endian.
+A reply is a payload, the CRC-16/ARC of the payload (little endian) and `\\r\\n`; the payload is
+a few prefix bytes, which this driver skips, then big-endian fields. Binary fields and CRCs may
+contain `\\r\\n`, so replies are framed by their known length, never by line.
+
+Set commands (`PwDA`, `Aw`) are not answered on success, but any command with a bad CRC gets an
+error reply nobody waits for; so the input is drained before every command. Error replies are
+not in the public table; this driver takes a CRC-valid frame starting with `E` for one.
 """
 from __future__ import annotations
 
@@ -15,31 +19,81 @@ import struct
 import termios
 import threading
 import time
+from dataclasses import dataclass
 
 import serial
 
 from efs_ros.lens.base import LensDriver, LensError
 
 DPT_SCALE = 200.0
-"""Raw focal-power units per diopter (`PwDA` / `PrDA`)."""
+"""Raw focal-power units per diopter (`PwDA`, `PrDA`, `MwCA`, `PwTA`)."""
+TYPE_A_OFFSET_DPT = 5.0
+"""Firmware type A encodes focal power as (dpt + 5) x 200; other types as dpt x 200."""
 TEMPERATURE_SCALE_C = 0.0625
+"""Degrees Celsius per raw unit of `TCA`."""
+TEMPERATURE_LIMIT_SCALE = 16
+"""Raw units per degree Celsius in the arguments of `PwTA`."""
+CURRENT_FULL_SCALE = 4095
+"""`Aw` / `Ar` raw value at the driver's maximum output current."""
 HANDSHAKE = b"Start"
 HANDSHAKE_REPLY = b"Ready\r\n"
 EOL = b"\r\n"
-ERROR_PREFIX = b"E"
+TRAILER_BYTES = 4
+"""CRC (2 bytes, little endian) and CR LF after every reply payload."""
+ERROR_MARK = b"E"
 MAX_ERROR_FRAME = 32
+"""Longest frame read while looking for the end of an error reply."""
+FOCAL_POWER_MODE = 5
+CURRENT_MODE = 1
 
-# command -> (number of argument bytes, reply prefix or None, reply data bytes)
-COMMANDS: dict[bytes, tuple[int, bytes | None, int]] = {
-    b"MwCA": (0, b"MCA", 5),   # focal-power mode; reply: status byte, min and max raw power
-    b"MwDA": (0, b"MDA", 0),   # current (DC) mode
-    b"MMA": (0, b"MMA", 1),    # query mode
-    b"PwDA": (4, None, 0),     # set focal power: int16 raw + 2 zero bytes, no reply
-    b"PrDA": (4, b"PDA", 2),   # read focal power: 4 zero bytes -> int16 raw
-    b"TCA": (0, b"TCA", 2),    # temperature: int16 raw x 0.0625 C
-    b"CrMA": (2, b"CMA", 2),   # max output current: 2 zero bytes -> uint16 in 1/100 mA
-    b"Aw": (2, None, 0),       # set current: int16, scaled by 4095 / max current
+
+@dataclass(frozen=True)
+class CommandLayout:
+    """What one command sends after its name, and what comes back (REFERENCE table)."""
+
+    arg_bytes: int
+    reply_prefix_bytes: int | None
+    """Bytes to skip at the start of the reply payload; None: no reply on success."""
+    reply_fields: str = ""
+    """struct format of the big-endian fields after the prefix."""
+
+    @property
+    def has_reply(self) -> bool:
+        return self.reply_prefix_bytes is not None
+
+    @property
+    def payload_bytes(self) -> int:
+        return (self.reply_prefix_bytes or 0) + struct.calcsize(self.reply_fields or ">")
+
+    @property
+    def reply_bytes(self) -> int:
+        """The whole reply frame: payload, CRC, CR LF."""
+        return self.payload_bytes + TRAILER_BYTES
+
+
+LAYOUTS: dict[bytes, CommandLayout] = {
+    b"H": CommandLayout(0, 1, ">c"),          # firmware type: one ASCII letter
+    b"V": CommandLayout(1, 1, ">BBHH"),       # firmware version: major, minor, build, patch
+    b"X": CommandLayout(0, 1, ">8s"),         # lens serial number
+    b"CrMA": CommandLayout(2, 3, ">h"),       # maximum output current, 1/100 mA
+    b"TCA": CommandLayout(0, 3, ">h"),        # temperature, raw x 0.0625 C
+    b"PwTA": CommandLayout(4, 2, ">Bhh"),     # temperature limits -> error, max raw, min raw
+    b"MwCA": CommandLayout(0, 3, ">Bhh"),     # focal-power mode -> error, max raw, min raw
+    b"MwDA": CommandLayout(0, 3),             # current mode
+    b"MMA": CommandLayout(0, 3, ">B"),        # active mode: 1 current, 5 focal power
+    b"PwDA": CommandLayout(4, None),          # set focal power: int16 raw, 00 00
+    b"PrDA": CommandLayout(4, 2, ">h"),       # read focal power set-point: 00 00 00 00 -> raw
+    b"Aw": CommandLayout(2, None),            # set current: int16, 4095 = maximum current
+    b"Ar": CommandLayout(2, 1, ">h"),         # read current: 00 00 -> int16, same scale
 }
+
+
+class ReplyCrcError(LensError):
+    """A reply arrived whole but its CRC does not match: line noise or a desynchronised stream."""
+
+
+class DeviceReplyError(LensError):
+    """The lens driver answered with an error frame instead of the reply asked for."""
 
 
 def _crc16_table() -> list[int]:
@@ -68,9 +122,48 @@ def with_crc(payload: bytes) -> bytes:
     return payload + struct.pack("<H", crc16_arc(payload))
 
 
-def encode_reply(payload: bytes) -> bytes:
-    """A reply as the driver sends it: payload, CRC (little endian), CR LF."""
-    return with_crc(payload) + EOL
+def encode_command(command: bytes, args: bytes = b"") -> bytes:
+    """The exact bytes sent for one command; ValueError for an unknown command or wrong arguments."""
+    layout = LAYOUTS.get(command)
+    if layout is None:
+        raise ValueError(f"unknown Lens Driver 4 command {command!r}")
+    if len(args) != layout.arg_bytes:
+        raise ValueError(f"{command!r} takes {layout.arg_bytes} argument bytes, got {len(args)}")
+    return with_crc(command + args)
+
+
+def split_frame(frame: bytes) -> tuple[bytes, int]:
+    """(payload, CRC as sent) of a reply frame."""
+    return frame[:-TRAILER_BYTES], struct.unpack("<H", frame[-TRAILER_BYTES:-len(EOL)])[0]
+
+
+def is_error_frame(frame: bytes) -> bool:
+    """A complete error reply: `E`, a code, CRC, CR LF. Reply prefixes echo the command's letters
+    and no command starts with `E`, so no genuine reply passes for one."""
+    if frame[:1] != ERROR_MARK or len(frame) <= TRAILER_BYTES or not frame.endswith(EOL):
+        return False
+    payload, crc = split_frame(frame)
+    return crc == crc16_arc(payload)
+
+
+def decode_reply(command: bytes, frame: bytes) -> tuple:
+    """The fields of one complete reply frame to `command`, prefix skipped; raises LensError."""
+    layout = LAYOUTS[command]
+    what = command.decode()
+    if is_error_frame(frame):
+        error = split_frame(frame)[0].hex(" ").upper()
+        raise DeviceReplyError(f"lens driver answered {what} with error {error}")
+    if len(frame) != layout.reply_bytes:
+        raise LensError(f"reply to {what} has {len(frame)} bytes, expected {layout.reply_bytes}")
+    if not frame.endswith(EOL):
+        raise LensError(f"malformed reply to {what}: no CR LF at the end ({frame!r})")
+    payload, crc = split_frame(frame)
+    expected = crc16_arc(payload)
+    if crc != expected:
+        raise ReplyCrcError(f"bad CRC in reply to {what}: got 0x{crc:04X}, expected 0x{expected:04X}")
+    if not layout.reply_fields:
+        return ()
+    return struct.unpack(layout.reply_fields, payload[layout.reply_prefix_bytes:])
 
 
 def dpt_to_raw(dpt: float, offset_dpt: float = 0.0) -> int:
@@ -87,40 +180,41 @@ def raw_to_dpt(raw: int, offset_dpt: float = 0.0) -> float:
     return raw / DPT_SCALE - offset_dpt
 
 
-def check_reply(frame: bytes, prefix: bytes, data_len: int, what: str) -> bytes:
-    """Validate one complete reply frame and return its data bytes; raises LensError."""
-    if frame[-2:] != EOL:
-        raise LensError(f"malformed reply to {what}: no CR LF at the end ({frame!r})")
-    body, crc_bytes = frame[:-4], frame[-4:-2]
-    got, expected = struct.unpack("<H", crc_bytes)[0], crc16_arc(body)
-    if got != expected:
-        raise LensError(f"bad CRC in reply to {what}: got 0x{got:04X}, expected 0x{expected:04X}")
-    if body[:1] == ERROR_PREFIX and prefix[:1] != ERROR_PREFIX:
-        raise LensError(f"lens driver answered {what} with error {body.hex(' ').upper()}")
-    if not body.startswith(prefix) or len(body) != len(prefix) + data_len:
-        raise LensError(f"unexpected reply to {what}: {body!r}")
-    return body[len(prefix):]
+def offset_for_firmware(firmware_type: str) -> float:
+    """The focal-power encoding offset a firmware type implies (type A only is shifted)."""
+    return TYPE_A_OFFSET_DPT if firmware_type == "A" else 0.0
 
 
 class OptotuneLens(LensDriver):
     """Optotune Lens Driver 4 in focal-power mode, over pyserial.
 
-    `firmware_offset_dpt`: some firmware encodes focal power as (dpt + 5) x 200; set 5.0 there.
-    `timeout` bounds every reply wait in seconds. An unplugged device (SerialException/OSError,
-    vanished port) marks the driver disconnected; `reconnect()` reopens the same path.
+    `firmware_offset_dpt`: None (default) takes it from the firmware type (`H`) at connect:
+    5.0 for type A, else 0.0; a number overrides that, for firmware the public table misses.
+    `temperature_limits_c` = (lower, upper): sent with `PwTA` at connect, and the focal-power
+    range it allows replaces the one of focal-power mode. `timeout` bounds every reply wait in
+    seconds. An unplugged device (SerialException/OSError, vanished port) marks the driver
+    disconnected; `reconnect()` reopens the same path.
     """
 
     def __init__(self, port: str, baudrate: int = 115200, timeout: float = 0.05,
-                 firmware_offset_dpt: float = 0.0):
+                 firmware_offset_dpt: float | None = None,
+                 temperature_limits_c: tuple[float, float] | None = None):
         if not port:
             raise ValueError("OptotuneLens needs a serial port path (e.g. /dev/ttyACM0)")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 s, got {timeout}")
+        if firmware_offset_dpt is not None and not math.isfinite(firmware_offset_dpt):
+            raise ValueError(f"firmware_offset_dpt must be finite or None, got {firmware_offset_dpt}")
         self.port = port
         self.baudrate = int(baudrate)
         self.timeout = float(timeout)
-        self.firmware_offset_dpt = float(firmware_offset_dpt)
+        self._offset_override = None if firmware_offset_dpt is None else float(firmware_offset_dpt)
+        self.temperature_limits_c = temperature_limits_c
+        self.firmware_type: str | None = None
+        self.firmware_offset_dpt: float = self._offset_override or 0.0
+        """The encoding offset in use: set at connect from the override or the firmware type."""
         self.focal_power_range_dpt: tuple[float, float] | None = None
+        """(min, max) focal power the driver allows, from `MwCA` (or `PwTA`) at connect."""
         self.counters = {"commands": 0, "no_reply": 0, "bad_crc": 0, "device_errors": 0, "disconnects": 0}
         self._serial: serial.Serial | None = None
         self._max_current_ma: float | None = None
@@ -144,10 +238,12 @@ class OptotuneLens(LensDriver):
                 raise LensError(f"cannot open lens port {self.port}: {reason}") from exc
             try:
                 self._handshake()
-                data = self._transact(b"MwCA")
-                status, lo, hi = struct.unpack(">Bhh", data)
-                self.focal_power_range_dpt = (raw_to_dpt(lo, self.firmware_offset_dpt),
-                                              raw_to_dpt(hi, self.firmware_offset_dpt))
+                self.firmware_type = self.read_firmware_type()
+                self.firmware_offset_dpt = (self._offset_override if self._offset_override is not None
+                                            else offset_for_firmware(self.firmware_type))
+                self.focal_power_range_dpt = self.to_focal_power_mode()
+                if self.temperature_limits_c is not None:
+                    self.focal_power_range_dpt = self.set_temperature_limits(*self.temperature_limits_c)
             except LensError:
                 self.close()
                 raise
@@ -155,6 +251,7 @@ class OptotuneLens(LensDriver):
     def close(self) -> None:
         with self._lock:
             ser, self._serial = self._serial, None
+            self._max_current_ma = None
             if ser is not None:
                 try:
                     ser.close()
@@ -182,31 +279,85 @@ class OptotuneLens(LensDriver):
             raise LensError(f"lens driver on {self.port} did not answer 'Start' with 'Ready' "
                             f"within {self.timeout * 1e3:.0f} ms ({got})")
 
-    # --- commands ---------------------------------------------------------------------------
+    # --- identity and modes -----------------------------------------------------------------
+    def read_firmware_type(self) -> str:
+        """The firmware type letter (`H`); it decides how focal power is encoded."""
+        (letter,) = self._transact(b"H")
+        try:
+            return letter.decode("ascii")
+        except UnicodeDecodeError:
+            raise LensError(f"lens driver reported a non-ASCII firmware type {letter!r}") from None
+
+    def firmware_version(self) -> tuple[int, int, int, int]:
+        """(major, minor, build, patch) of the driver's firmware (`V`)."""
+        return self._transact(b"V", b"\x00")
+
+    def serial_number(self) -> str:
+        """The lens's serial number (`X`), for diagnostics and logs."""
+        (text,) = self._transact(b"X")
+        return text.decode("ascii", errors="replace")
+
+    def mode(self) -> int:
+        """The active mode (`MMA`): CURRENT_MODE or FOCAL_POWER_MODE."""
+        return self._transact(b"MMA")[0]
+
+    def to_focal_power_mode(self) -> tuple[float, float]:
+        """Switch to focal-power control (`MwCA`); returns the allowed (min, max) focal power."""
+        error, max_raw, min_raw = self._transact(b"MwCA")
+        if error:
+            self.counters["device_errors"] += 1
+            raise LensError(f"lens driver refused focal-power mode (MwCA error {error})")
+        return (raw_to_dpt(min_raw, self.firmware_offset_dpt), raw_to_dpt(max_raw, self.firmware_offset_dpt))
+
+    def to_current_mode(self) -> None:
+        """Switch to direct current control (`MwDA`), the mode `set_current_ma` needs."""
+        self._transact(b"MwDA")
+
+    def set_temperature_limits(self, lower_c: float, upper_c: float) -> tuple[float, float]:
+        """Set the temperature limits (`PwTA`); returns the (min, max) focal power they allow."""
+        if not -2048 <= lower_c < upper_c <= 2047:  # also false for NaN: int16 x 16, lower first
+            raise LensError(f"temperature limits need -2048 <= lower < upper <= 2047 C, "
+                            f"got {lower_c}..{upper_c}")
+        limits = [round(value * TEMPERATURE_LIMIT_SCALE) for value in (upper_c, lower_c)]
+        error, max_raw, min_raw = self._transact(b"PwTA", struct.pack(">hh", *limits))
+        if error:
+            self.counters["device_errors"] += 1
+            raise LensError(f"lens driver refused temperature limits {lower_c:g}..{upper_c:g} C "
+                            f"(PwTA error {error})")
+        return (raw_to_dpt(min_raw, self.firmware_offset_dpt), raw_to_dpt(max_raw, self.firmware_offset_dpt))
+
+    # --- focal power, temperature, current --------------------------------------------------
     def set_focus(self, dpt: float) -> None:
         raw = dpt_to_raw(dpt, self.firmware_offset_dpt)
         self._transact(b"PwDA", struct.pack(">h", raw) + b"\x00\x00")
 
     def read_focus(self) -> float:
-        (raw,) = struct.unpack(">h", self._transact(b"PrDA", b"\x00" * 4))
+        """The focal-power set-point the driver holds (`PrDA`); the optics reach it a few ms later."""
+        (raw,) = self._transact(b"PrDA", b"\x00" * 4)
         return raw_to_dpt(raw, self.firmware_offset_dpt)
 
     def temperature(self) -> float | None:
-        (raw,) = struct.unpack(">h", self._transact(b"TCA"))
+        (raw,) = self._transact(b"TCA")
         return raw * TEMPERATURE_SCALE_C
 
     def max_current_ma(self) -> float:
         """The driver's maximum output current (mA), also the scale of `set_current_ma`."""
-        (raw,) = struct.unpack(">H", self._transact(b"CrMA", b"\x00\x00"))
+        (raw,) = self._transact(b"CrMA", b"\x00\x00")
         self._max_current_ma = raw / 100.0
         return self._max_current_ma
 
     def set_current_ma(self, current_ma: float) -> None:
-        """Drive a current (only meaningful in current mode, `MwDA`)."""
+        """Drive a current (only meaningful in current mode, see `to_current_mode`)."""
         max_ma = self._max_current_ma or self.max_current_ma()
         if not (math.isfinite(current_ma) and abs(current_ma) <= max_ma):
             raise LensError(f"current {current_ma} mA is outside +-{max_ma:g} mA")
-        self._transact(b"Aw", struct.pack(">h", round(current_ma / max_ma * 4095)))
+        self._transact(b"Aw", struct.pack(">h", round(current_ma / max_ma * CURRENT_FULL_SCALE)))
+
+    def read_current_ma(self) -> float:
+        """The current the driver outputs (`Ar`), in mA."""
+        max_ma = self._max_current_ma or self.max_current_ma()
+        (raw,) = self._transact(b"Ar", b"\x00\x00")
+        return raw * max_ma / CURRENT_FULL_SCALE
 
     # --- transport --------------------------------------------------------------------------
     def _io(self) -> serial.Serial:
@@ -224,61 +375,51 @@ class OptotuneLens(LensDriver):
             self.close()
             raise LensError(f"lens on {self.port} disconnected: {_one_line(exc)}") from exc
 
-    def _transact(self, command: bytes, args: bytes = b"") -> bytes:
-        """Send one command; return the reply's data bytes (b'' for commands without reply)."""
-        n_args, prefix, data_len = COMMANDS[command]
-        if len(args) != n_args:
-            raise ValueError(f"{command!r} takes {n_args} argument bytes, got {len(args)}")
-        what = command.decode()
+    def _transact(self, command: bytes, args: bytes = b"") -> tuple:
+        """Send one command; return the reply's fields (() for commands without a reply)."""
+        frame_out = encode_command(command, args)
+        layout = LAYOUTS[command]
         with self._lock:
             ser = self._io()
             self.counters["commands"] += 1
-            if prefix is not None:
-                # A late reply to an earlier, timed-out command must not pass as this one's.
-                self._guarded(ser.reset_input_buffer)
-            self._guarded(ser.write, with_crc(command + args))
-            if prefix is None:
-                return b""
-            frame = self._read_frame(ser, len(prefix) + data_len + 4, what)
+            # Stray bytes (a late reply, an error reply to an earlier set command) must not pass
+            # as this command's reply.
+            self._guarded(ser.reset_input_buffer)
+            self._guarded(ser.write, frame_out)
+            if not layout.has_reply:
+                return ()
+            frame = self._read_frame(ser, layout.reply_bytes, command.decode())
             try:
-                return check_reply(frame, prefix, data_len, what)
-            except LensError as exc:
-                key = "bad_crc" if "CRC" in str(exc) else "device_errors"
-                self.counters[key] += 1
+                return decode_reply(command, frame)
+            except ReplyCrcError:
+                self.counters["bad_crc"] += 1
+                raise
+            except LensError:
+                self.counters["device_errors"] += 1
                 raise
 
     def _read_frame(self, ser: serial.Serial, length: int, what: str) -> bytes:
-        """Read one reply: `length` bytes, or a shorter error frame ('E...' ending in CR LF)."""
+        """Read one reply: `length` bytes, or an error frame, which has its own length."""
         deadline = time.monotonic() + self.timeout
         frame = bytearray()
-        limit = length
-        while len(frame) < limit:
+        while True:
+            is_error = frame[:1] == ERROR_MARK
+            if (is_error and is_error_frame(frame)) or (not is_error and len(frame) >= length):
+                return bytes(frame)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or len(frame) >= max(length, MAX_ERROR_FRAME):
                 break
             ser.timeout = remaining
-            is_error = frame[:1] == ERROR_PREFIX
-            # Error frames have their own length: read them byte by byte up to a CRC-valid CR LF.
-            chunk = self._guarded(ser.read, 1 if not frame or is_error else limit - len(frame))
+            # The first byte tells an error frame; its end is found byte by byte.
+            chunk = self._guarded(ser.read, 1 if not frame or is_error else length - len(frame))
             if not chunk:
                 break
             frame += chunk
-            if frame[:1] == ERROR_PREFIX:
-                limit = max(length, MAX_ERROR_FRAME)
-                if _is_complete_frame(frame):
-                    return bytes(frame)
-        if len(frame) < length:
-            self.counters["no_reply"] += 1
-            if not frame:
-                raise LensError(f"no reply to {what} from {self.port} within {self.timeout * 1e3:.0f} ms")
-            raise LensError(f"incomplete reply to {what} from {self.port}: {len(frame)} of {length} "
-                            f"bytes within {self.timeout * 1e3:.0f} ms")
-        return bytes(frame)
-
-
-def _is_complete_frame(frame: bytes) -> bool:
-    return (len(frame) >= 5 and frame.endswith(EOL)
-            and struct.unpack("<H", frame[-4:-2])[0] == crc16_arc(frame[:-4]))
+        self.counters["no_reply"] += 1
+        if not frame:
+            raise LensError(f"no reply to {what} from {self.port} within {self.timeout * 1e3:.0f} ms")
+        raise LensError(f"incomplete reply to {what} from {self.port}: {len(frame)} of {length} "
+                        f"bytes within {self.timeout * 1e3:.0f} ms ({bytes(frame[:16]).hex(' ').upper()})")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -57,6 +57,11 @@ TEMPERATURE_PERIOD_S = 1.0
 MIN_SAMPLES_PER_SWEEP = 10
 
 
+FIRMWARE_OFFSET_DPT = {"auto": None, "A": 5.0, "other": 0.0}
+"""Focal-power encoding offset per firmware_type parameter (None: from the firmware's answer)."""
+FIRMWARE_TYPES = tuple(FIRMWARE_OFFSET_DPT)
+
+
 @dataclass(frozen=True)
 class ControllerSettings:
     """Every parameter of the node; one immutable snapshot is swapped in per accepted change."""
@@ -68,7 +73,7 @@ class ControllerSettings:
     dwell_s: float = 0.0
     publish_rate_hz: float = 250.0
     autostart: bool = True
-    firmware_offset_dpt: float = 0.0
+    firmware_type: str = "auto"
     reconnect_period_s: float = 1.0
     serial_timeout_s: float = 0.05
     sim_time_constant_s: float = 0.005
@@ -82,13 +87,15 @@ class ControllerSettings:
         """The settings that need a new driver object when they change."""
         if self.driver == "sim":
             return ("sim", self.sim_time_constant_s, self.sim_noise_mdpt)
-        return ("optotune", self.port, self.firmware_offset_dpt, self.serial_timeout_s)
+        return ("optotune", self.port, self.firmware_type, self.serial_timeout_s)
 
 
 def validate_settings(s: ControllerSettings) -> str | None:
     """Why these settings cannot run, or None. Ranges are also enforced by the descriptors."""
     if s.driver not in DRIVERS:
         return f"driver must be one of {DRIVERS}, got {s.driver!r}"
+    if s.firmware_type not in FIRMWARE_TYPES:
+        return f"firmware_type must be one of {FIRMWARE_TYPES}, got {s.firmware_type!r}"
     if s.driver == "optotune" and not s.port:
         return "driver 'optotune' needs a serial port (parameter 'port')"
     if not s.near_dpt > s.far_dpt:
@@ -113,8 +120,8 @@ _DESCRIPTORS = {
     "dwell_s": float_param("pause at each end of the range, seconds", 0.0, 60.0),
     "publish_rate_hz": float_param("rate of lens I/O and /lens/focus_state, Hz", 200.0, 2000.0),
     "autostart": text_param("start sweeping when the node starts"),
-    "firmware_offset_dpt": float_param("focal-power encoding offset: raw = (dpt + offset) x 200; "
-                                       "0 or 5 depending on firmware", -20.0, 20.0),
+    "firmware_type": text_param("lens driver firmware: auto = ask it (command H); A encodes "
+                                "raw = (dpt + 5) x 200, other types raw = dpt x 200", FIRMWARE_TYPES),
     "reconnect_period_s": float_param("seconds between reconnection attempts to a lost lens", 0.05, 60.0),
     "serial_timeout_s": float_param("reply timeout per serial command, seconds", 0.001, 5.0),
     "sim_time_constant_s": float_param("simulated lens: first-order time constant, seconds", 0.0, 1.0),
@@ -127,7 +134,8 @@ def _make_driver(s: ControllerSettings) -> LensDriver:
     if s.driver == "sim":
         return SimLens(time_constant_s=s.sim_time_constant_s, noise_mdpt=s.sim_noise_mdpt,
                        initial_dpt=s.near_dpt)
-    return OptotuneLens(s.port, timeout=s.serial_timeout_s, firmware_offset_dpt=s.firmware_offset_dpt)
+    return OptotuneLens(s.port, timeout=s.serial_timeout_s,
+                        firmware_offset_dpt=FIRMWARE_OFFSET_DPT[s.firmware_type])
 
 
 def slope(times_s: np.ndarray, values: np.ndarray) -> float:
