@@ -392,11 +392,13 @@ def test_event_flood_is_bounded_counted_and_survived(graph):
                     "the flooded sweeps counted as skipped")
 
 
-def test_auto_backend_runs_the_nets_only_on_a_gpu():
-    """With the shipped models, `auto` runs them on a GPU backend; on a CPU-only machine it
-    runs the classical path (the nets would take seconds per job) and says why, not as an error."""
+def test_auto_backend_runs_the_nets_only_where_they_keep_up():
+    """With the shipped models, `auto` runs them on a GPU backend. On a CPU-only machine it runs
+    the single-pass restore path there (one pass, fast on a CPU) and the classical path when the
+    per-slice nets are asked for (seconds per job), saying why, not as an error."""
     import torch
 
+    from efs_ros.core.pipeline import run_pipeline
     from efs_ros.infer.tensorrt_backend import unavailable_reason
     from efs_ros.nodes.all_in_focus import NodeSettings, PipelineWorker
     from efs_ros.sim.rig import RigConfig, simulate_sweep
@@ -404,13 +406,21 @@ def test_auto_backend_runs_the_nets_only_on_a_gpu():
 
     job = simulate_sweep(RigConfig(height=32, width=48, steps=40), SensorConfig(),
                          np.random.default_rng(0)).to_job(0)
+    classical = run_pipeline(job, NodeSettings(backend="classical").pipeline_config())
     worker = PipelineWorker()
-    _, _, state = worker.run(job, NodeSettings(backend="auto"))
-    if torch.cuda.is_available() or unavailable_reason() is None:
-        assert state.name in ("tensorrt", "onnxruntime-cuda", "torch-cuda"), state
+    gpu = torch.cuda.is_available() or unavailable_reason() is None
+    result, _, state = worker.run(job, NodeSettings(backend="auto"))
+    if gpu:
+        assert state.name.startswith(("tensorrt", "onnxruntime-cuda", "torch-cuda")), state
     else:
+        assert state.name == "onnxruntime-cpu" and not state.error, state
+        assert "learned path: restore" in state.note
+        assert not np.array_equal(result.all_in_focus, classical.all_in_focus)  # the net ran
+    result, _, state = worker.run(job, NodeSettings(backend="auto", learned="slices"))
+    if not gpu:
         assert state.name == "classical" and not state.error, state
         assert "no GPU backend" in state.note
+        np.testing.assert_array_equal(result.all_in_focus, classical.all_in_focus)
     _, _, state = worker.run(job, NodeSettings(backend="torch"))
     assert state.name.startswith("torch-") and not state.error, state
     worker.close()

@@ -1,10 +1,13 @@
 """EvRefocusNet / EvMergeNet: shapes and sizes, training data, the training loop, shipped weights."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from efs_ros.nets.checkpoint import default_models_dir
 from efs_ros.nets.data import (
     RecordSpec,
     crop_events,
@@ -209,3 +212,59 @@ def test_shipped_refocus_net_beats_plain_integration_on_a_noisy_sensor():
     _, info = run_pipeline_with_info(job, PipelineConfig(dense_times=8))
     m = refocus_metrics(backend, sweep, job, info["threshold"], n_times=3)
     assert m["net"] > m["integration"] + 1.0, m
+
+
+# --- EvRestoreNet -------------------------------------------------------------------------------
+
+def test_untrained_restore_net_returns_the_classical_image_and_depth():
+    from efs_ros.core.restore import FEATURE_CHANNELS
+    from efs_ros.nets.models import EvRestoreNet
+
+    torch.manual_seed(0)
+    features = torch.rand(2, FEATURE_CHANNELS, 20, 24) * 4
+    with torch.no_grad():
+        torch.testing.assert_close(EvRestoreNet(out_channels=3)(features), features[:, 3:6])
+        torch.testing.assert_close(EvRestoreNet(out_channels=4)(features), features[:, 3:7])
+    with pytest.raises(ValueError, match="out_channels"):
+        EvRestoreNet(out_channels=2)
+
+
+def test_restore_depth_error_is_abs_rel_of_the_depths():
+    from efs_ros.nets.train_restore import depth_rel_error
+
+    scales = torch.tensor([[2.0, 4.0]])  # frame at 2 dpt, 4 dpt of sweep
+    rel_true, rel_pred = torch.tensor([[[0.25]]]), torch.tensor([[[0.5]]])  # 3 dpt vs 4 dpt
+    expected = abs(1 / 4 - 1 / 3) / (1 / 3)
+    assert float(depth_rel_error(rel_pred, rel_true, scales)) == pytest.approx(expected)
+
+
+def test_quick_restore_training_publishes_a_net_the_pipeline_runs_and_resumes(tmp_path):
+    """Two simulated scenes, four steps: the run leaves a checkpoint and a run log, a second
+    call with more steps continues from the checkpoint, and the published net plugs into the
+    pipeline through a backend (image and depth from it)."""
+    import json
+
+    from efs_ros.core.pipeline import PipelineConfig, run_pipeline_with_info
+    from efs_ros.infer.onnx_backend import OnnxRuntimeBackend
+    from efs_ros.nets.train_restore import main, scene_draw
+    from efs_ros.tools.bench_quality import simulate
+
+    run, cache, out = tmp_path / "run", tmp_path / "cache", tmp_path / "models"
+    shutil.copytree(default_models_dir(), out, ignore=shutil.ignore_patterns("restore_run*"))
+    assert main(["--quick", "--run-dir", str(run), "--cache", str(cache)]) == 0
+    log = [json.loads(line) for line in (run / "run_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[-1]["step"] == 4
+    again = ["--quick", "--steps", "6", "--run-dir", str(run), "--cache", str(cache), "--out", str(out)]
+    assert main(again) == 0
+    log = [json.loads(line) for line in (run / "run_log.jsonl").read_text().splitlines()]
+    assert log[-2]["event"] == "resume" and log[-2]["step"] == 4 and log[-1]["step"] == 6
+    assert "restored_abs_rel" in log[-1]["val"]
+
+    backend = OnnxRuntimeBackend(out, provider="cpu")
+    assert backend.has_restore
+    job = simulate(scene_draw(0, 5000), use_cache=False)
+    result, _ = run_pipeline_with_info(job, PipelineConfig(restore_net=backend.restore))
+    assert result.all_in_focus.shape == job.frame.shape and np.isfinite(result.all_in_focus).all()
+    assert "restore" in result.timings_ms
+    judged = np.isfinite(result.depth)
+    assert judged.mean() > 0.3 and np.all(result.depth[judged] > 0)

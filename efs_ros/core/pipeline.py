@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .refocus import (
     luminance,
     merge_event_stacks,
 )
-from .restore import restore_features, restored_image
+from .restore import restore_features, restored_depth, restored_image
 from .select import (
     Selection,
     dense_selection,
@@ -258,6 +258,7 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
     timings["select"] = _ms(t)
 
     times = np.asarray(sel.times_s, dtype=np.float64)
+    learned_depth = None
     if config.refocus_net is not None or config.merge_net is not None:
         t = time.perf_counter()
         images = _net_stack(refocuser, job, events, times, config)
@@ -302,12 +303,22 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
             t = time.perf_counter()
             features = restore_features(frame, aif, sel.refocus_map, sel.confidence, events,
                                         job.focus_t, job.focus_dpt, config.response)
-            aif = restored_image(config.restore_net(features), frame, config.response)
+            restored = np.asarray(config.restore_net(features), dtype=np.float32)
+            if restored.shape[0] not in (3, 4) or restored.shape[1:] != (h, w):
+                raise ValueError(f"restore_net returned shape {restored.shape}, "
+                                 f"expected (3 or 4, {h}, {w})")
+            aif = restored_image(restored, frame, config.response)
+            if restored.shape[0] == 4:
+                learned_depth, learned_map = restored_depth(restored[3], aif, job.focus_t, job.focus_dpt)
             timings["restore"] = _ms(t)
 
     t = time.perf_counter()
-    depth = depth_from_refocus_map(sel.refocus_map, job.focus_t, job.focus_dpt, sel.confidence,
-                                   config.confidence_min)
+    if learned_depth is None:
+        depth = depth_from_refocus_map(sel.refocus_map, job.focus_t, job.focus_dpt, sel.confidence,
+                                       config.confidence_min)
+    else:
+        depth = learned_depth
+        sel = replace(sel, refocus_map=learned_map)
     timings["depth"] = _ms(t)
     timings["total"] = _ms(t_all)
     result = SweepResult(all_in_focus=aif.astype(np.float32),

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import TEXTURE_MIN_CONTRAST, textured_mask
 from .refocus import DEFAULT_RESPONSE
+
+OUTPUT_CHANNELS = 4
+"""Corrected log-response RGB, then the corrected relative vergence (the plane-6 quantity)."""
 
 FEATURE_CHANNELS = 12
 """response(frame) RGB, response(classical) RGB, relative vergence, signed count frame -> own
@@ -22,8 +26,18 @@ time, ON and OFF counts near the own time, all events of the sweep, selection co
 NEAR_FOCUS_FRACTION = 0.05
 """Half-width of the window around each pixel's own time, as a fraction of the sweep."""
 
+DEPTH_MIN_CONTRAST = 0.25 * TEXTURE_MIN_CONTRAST
+"""Texture in the restored image below which depth is NaN: a quarter of what the bench calls
+textured in the truth, so only truly flat regions go unanswered."""
+
 COUNT_SCALE = 0.25
 """Event counts enter scaled like the other nets' event inputs (a few events -> order one)."""
+
+
+def vergence_frame(focus_t: np.ndarray, focus_dpt: np.ndarray) -> tuple[float, float]:
+    """(lens vergence at the frame, vergence span of the sweep): relative vergence is
+    (v - v_frame) / span, so that one number means the same on every rig."""
+    return float(np.interp(0.0, focus_t, focus_dpt)), max(float(np.ptp(focus_dpt)), 1e-6)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -43,8 +57,7 @@ def restore_features(frame: np.ndarray, classical: np.ndarray, refocus_map_s: np
     grey RGB."""
     h, w = refocus_map_s.shape
     t_map = np.asarray(refocus_map_s, dtype=np.float64)
-    v_frame = float(np.interp(0.0, focus_t, focus_dpt))
-    v_span = max(float(np.ptp(focus_dpt)), 1e-6)
+    v_frame, v_span = vergence_frame(focus_t, focus_dpt)
     rel_vergence = (np.interp(t_map, focus_t, focus_dpt) - v_frame) / v_span
 
     signed = np.zeros(h * w)
@@ -76,9 +89,26 @@ def restore_features(frame: np.ndarray, classical: np.ndarray, refocus_map_s: np
 
 
 def restored_image(net_output: np.ndarray, like: np.ndarray, response=DEFAULT_RESPONSE) -> np.ndarray:
-    """The net's [3, H, W] log-response output as an image with the layout of `like` (grey
-    frames get the mean of the three channels), linear in [0, 1]."""
-    rgb = np.clip(response.inverse(np.asarray(net_output, dtype=np.float32)), 0.0, 1.0)
+    """The net's log-response RGB (its first 3 channels) as an image with the layout of `like`
+    (grey frames get the mean of the three channels), linear in [0, 1]."""
+    rgb = np.clip(response.inverse(np.asarray(net_output[:3], dtype=np.float32)), 0.0, 1.0)
     if np.asarray(like).ndim == 2:
         return rgb.mean(axis=0).astype(np.float32)
     return np.ascontiguousarray(np.transpose(rgb, (1, 2, 0)), dtype=np.float32)
+
+
+def restored_depth(rel_vergence: np.ndarray, image: np.ndarray, focus_t: np.ndarray,
+                   focus_dpt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(depth m, refocus map s) from the net's relative vergence; depth is NaN only where the
+    restored image itself has no texture (nothing to judge focus by) or the vergence is not
+    positive (at or beyond infinity)."""
+    v_frame, v_span = vergence_frame(focus_t, focus_dpt)
+    vergence = v_frame + v_span * np.asarray(rel_vergence, dtype=np.float64)
+    lo, hi = float(np.min(focus_dpt)), float(np.max(focus_dpt))
+    vergence = np.clip(vergence, lo, hi)  # the sweep's range is all the focus it could see
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.where(vergence > 0, 1.0 / vergence, np.nan)
+    depth = np.where(textured_mask(image, min_contrast=DEPTH_MIN_CONTRAST), depth, np.nan)
+    order = np.argsort(focus_dpt, kind="stable")
+    refocus = np.interp(vergence, np.asarray(focus_dpt)[order], np.asarray(focus_t)[order])
+    return depth.astype(np.float32), refocus.astype(np.float32)

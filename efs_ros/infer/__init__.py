@@ -23,14 +23,31 @@ for these nets (see `efs_ros.tools.bench_infer`)."""
 
 __all__ = [
     "BACKEND_NAMES",
+    "LEARNED_PATHS",
     "BackendUnavailableError",
     "InferenceBackend",
     "ModelLoadError",
     "crop_to",
     "load_backend",
     "pad_to_multiple",
+    "pipeline_nets",
     "available_backends",
 ]
+
+
+LEARNED_PATHS = ("restore", "slices")
+"""restore: one EvRestoreNet pass over the classical image; slices: EvRefocusNet per slice and
+EvMergeNet (the paper's structure, seconds per job on a CPU)."""
+
+
+def pipeline_nets(backend: InferenceBackend, learned: str = "restore") -> dict:
+    """PipelineConfig keyword arguments that put a backend's nets on the asked learned path
+    (restore falls back to the per-slice pair when the models folder has no EvRestoreNet)."""
+    if learned not in LEARNED_PATHS:
+        raise ValueError(f"learned path must be one of {LEARNED_PATHS}, got {learned!r}")
+    if learned == "restore" and backend.has_restore:
+        return {"restore_net": backend.restore}
+    return {"refocus_net": backend.refocus, "merge_net": backend.merge_weights}
 
 
 def _make(name: str, models_dir, **kwargs) -> InferenceBackend:

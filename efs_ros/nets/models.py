@@ -206,9 +206,14 @@ class EvRestoreNet(nn.Module):
     threshold, still blurred as in the frame, by a disc that grows with the vergence).
     """
 
-    def __init__(self, base: int = 16, in_channels: int = 12, log_center: float = LOG_CENTER):
+    def __init__(self, base: int = 16, in_channels: int = 12, log_center: float = LOG_CENTER,
+                 out_channels: int = 3):
         super().__init__()
-        self.config = {"base": base, "in_channels": in_channels, "log_center": float(log_center)}
+        if out_channels not in (3, 4):
+            raise ValueError(f"out_channels must be 3 (image) or 4 (image + vergence), got {out_channels}")
+        self.config = {"base": base, "in_channels": in_channels, "log_center": float(log_center),
+                       "out_channels": out_channels}
+        self.out_channels = out_channels
         self.log_center = float(log_center)
         self.channels = 3
         self.in_channels = in_channels
@@ -218,18 +223,20 @@ class EvRestoreNet(nn.Module):
         self.bottleneck = nn.Sequential(ConvBlock(c2, c2), ConvBlock(c2, c2))
         self.up1 = UpBlock(c2, c1, c1)
         self.up0 = UpBlock(c1, c0, c0, n_convs=2)
-        self.head = nn.Conv2d(c0, 3, 3, padding=1)
+        self.head = nn.Conv2d(c0, out_channels, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features [B,in_channels,H,W] -> log-response image [B,3,H,W]."""
+        """features [B,in_channels,H,W] -> log-response image [B,3,H,W], and with
+        out_channels 4 the corrected relative vergence as a 4th channel (the classical one,
+        feature plane 6, plus a residual)."""
         centred = torch.cat([features[:, :6] - self.log_center, features[:, 6:]], dim=1)
         f0, f1, f2 = self.enc(centred)
         x = self.bottleneck(f2)
         x = self.up1(x, f1)
         x = self.up0(x, f0)
-        return features[:, 3:6] + self.head(x)
+        return features[:, 3:3 + self.out_channels] + self.head(x)  # plane 6 follows the image
 
 
 MODEL_CLASSES = {"evrefocusnet": EvRefocusNet, "evmergenet": EvMergeNet, "evrestorenet": EvRestoreNet}

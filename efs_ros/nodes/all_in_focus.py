@@ -95,7 +95,10 @@ DIAGNOSTICS_TOPIC = "/diagnostics"
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "classical")
 CPU_BACKENDS = ("onnxruntime-cpu", "torch-cpu")
-"""What `auto` passes over for the classical path (see PipelineWorker._open)."""
+"""What `auto` passes over for the classical path unless the learned path is the single-pass
+restoration net (see PipelineWorker._open)."""
+LEARNED_PATHS = ("restore", "slices")
+"""efs_ros.infer.LEARNED_PATHS (the node imports the inference package only when it opens one)."""
 INPUTS = ("events", "frames", "focus")
 MAX_HEADERS_KEPT = 512
 """Frame headers remembered for the outputs (frame_id); far more than frames in flight."""
@@ -131,6 +134,7 @@ class NodeSettings:
     patch_grid: int = 8
     threshold: float = 0.0
     backend: str = "auto"
+    learned: str = "restore"
     models_dir: str = ""
     max_buffered_events: int = 16_000_000
     max_pending_frames: int = 64
@@ -143,11 +147,17 @@ class NodeSettings:
     fault_warn_fraction: float = 0.01
     fault_error_fraction: float = 0.5
 
-    def pipeline_config(self, refocus_net=None, merge_net=None) -> PipelineConfig:
+    def pipeline_config(self, backend=None) -> PipelineConfig:
+        """The job configuration; with an inference backend, its nets on the learned path
+        asked for (restore when the backend ships EvRestoreNet, else the per-slice pair)."""
+        nets = {}
+        if backend is not None:
+            from efs_ros.infer import pipeline_nets
+
+            nets = pipeline_nets(backend, self.learned)
         return PipelineConfig(method=self.method, merge=self.merge, n_bins=self.n_bins,
                               patch_grid=self.patch_grid,
-                              threshold=self.threshold if self.threshold > 0 else None,
-                              refocus_net=refocus_net, merge_net=merge_net)
+                              threshold=self.threshold if self.threshold > 0 else None, **nets)
 
 
 _DESCRIPTORS = {
@@ -156,9 +166,12 @@ _DESCRIPTORS = {
     "n_bins": int_param("time bins of the event stack over one sweep", 2, 4096),
     "patch_grid": int_param("patches per side for the golden / event_rate methods", 1, 64),
     "threshold": float_param("event contrast threshold; 0 = estimate it from each job", 0.0, 5.0),
-    "backend": text_param("inference backend; auto = the nets on a GPU backend (tensorrt > "
-                          "onnxruntime-cuda > torch-cuda), else classical (no GPU or no models)",
-                          BACKENDS),
+    "backend": text_param("inference backend; auto = a GPU backend (tensorrt > onnxruntime-cuda > "
+                          "torch-cuda), else onnxruntime-cpu for the restore path, else classical "
+                          "(no models, or the per-slice nets without a GPU)", BACKENDS),
+    "learned": text_param("learned path: restore = one pass of EvRestoreNet over the classical "
+                          "image (fast on a CPU too); slices = EvRefocusNet per slice + EvMergeNet",
+                          LEARNED_PATHS),
     "models_dir": text_param("folder with the exported nets ('' = the package's models)"),
     "max_buffered_events": int_param("events held at most; beyond, the oldest are dropped "
                                      "(13 bytes each)", 10_000, 1_000_000_000),
@@ -190,6 +203,8 @@ def validate_settings(s: NodeSettings) -> str | None:
         return f"merge must be one of {MERGES}, got {s.merge!r}"
     if s.backend not in BACKENDS:
         return f"backend must be one of {BACKENDS}, got {s.backend!r}"
+    if s.learned not in LEARNED_PATHS:
+        return f"learned must be one of {LEARNED_PATHS}, got {s.learned!r}"
     if s.fault_warn_fraction > s.fault_error_fraction:
         return "fault_warn_fraction must not exceed fault_error_fraction"
     try:
@@ -238,20 +253,17 @@ class PipelineWorker:
         self.state = BackendState()
 
     def run(self, job, settings: NodeSettings):
-        key = (settings.backend, settings.models_dir)
+        key = (settings.backend, settings.models_dir, settings.learned)
         if key != self._key:
             self._open(*key)
-        if self._backend is None:
-            config = settings.pipeline_config()
-        else:
-            config = settings.pipeline_config(self._backend.refocus, self._backend.merge_weights)
+        config = settings.pipeline_config(self._backend)
         t0 = time.perf_counter()
         result = run_pipeline(job, config)
         return result, 1e3 * (time.perf_counter() - t0), self.state
 
-    def _open(self, name: str, models_dir: str) -> None:
+    def _open(self, name: str, models_dir: str, learned: str = "restore") -> None:
         self.close()
-        self._key = (name, models_dir)
+        self._key = (name, models_dir, learned)
         self.state = BackendState()
         if name == "classical":
             return
@@ -268,16 +280,19 @@ class PipelineWorker:
                                       name != "auto" or _models_installed(models_dir))
             return
         opened = getattr(backend, "name", name)
-        if name == "auto" and opened in CPU_BACKENDS:
-            # a live node must keep up: on CPU the nets take seconds per job (onnxruntime-cpu at
-            # 256x192 on 2 cores: ~15 s, so nearly every frame was dropped); classical keeps up
+        single_pass = learned == "restore" and getattr(backend, "has_restore", False)
+        if name == "auto" and opened in CPU_BACKENDS and not single_pass:
+            # a live node must keep up: on CPU the per-slice nets take seconds per job
+            # (onnxruntime-cpu at 256x192 on 2 cores: ~15 s, so nearly every frame was dropped);
+            # classical keeps up, and so does the one restore pass
             backend.close()
             self.state = BackendState("classical", f"auto: no GPU backend here ({opened} only, "
                                       "seconds per job); set backend to onnxruntime or torch "
                                       "to run the nets on CPU anyway")
             return
         self._backend = backend
-        self.state = BackendState(opened)
+        path = "restore" if single_pass else "slices"
+        self.state = BackendState(opened, f"learned path: {path}")
 
     def close(self) -> None:
         if self._backend is not None:

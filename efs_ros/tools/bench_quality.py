@@ -97,27 +97,39 @@ def pipeline_method(**kw) -> Method:
     return method
 
 
-def learned_method() -> Method | None:
-    """The shipped nets through onnxruntime (the learned path), or None without them."""
+MODELS_DIR: str | None = None
+"""--models: the nets' folder (None: the shipped ones)."""
+
+
+def learned_method(learned: str = "slices") -> Method | None:
+    """The shipped nets through onnxruntime on one learned path, or None (saying why) without
+    them."""
     try:
-        from efs_ros.infer import load_backend
-        backend = load_backend("onnxruntime")
+        from efs_ros.infer import load_backend, pipeline_nets
+        backend = load_backend("onnxruntime", MODELS_DIR)
+        if learned == "restore" and not backend.has_restore:
+            raise RuntimeError("the models folder has no evrestorenet")
     except Exception as exc:  # noqa: BLE001 - no models or runtime: the row is left out, saying why
-        print(f"bench_quality: learned row left out: {exc}", file=sys.stderr)
+        print(f"bench_quality: learned {learned} row left out: {exc}", file=sys.stderr)
         return None
-    return pipeline_method(refocus_net=backend.refocus, merge_net=backend.merge_weights)
+    return pipeline_method(**pipeline_nets(backend, learned))
 
 
 BASELINE = "naive reference"
-DEFAULT = "default (dense + refocus-map merge)"
+CLASSICAL = "classical (dense + refocus-map merge)"
+RESTORE = "classical + EvRestoreNet (onnxruntime)"
+DEFAULT = RESTORE
+"""The default path: what the node runs without a GPU (backend auto -> onnxruntime-cpu with the
+restore net); CLASSICAL stands in when the models folder has no restore net."""
 METHODS: dict[str, Callable[[], Method | None]] = {
     BASELINE: lambda: naive_stack,
-    DEFAULT: lambda: pipeline_method(),
+    RESTORE: lambda: learned_method("restore"),
+    CLASSICAL: lambda: pipeline_method(),
     "dense + focus merge": lambda: pipeline_method(merge="focus"),
     "golden (paper) + focus merge": lambda: pipeline_method(method="golden"),
     "uniform 64 + focus merge": lambda: pipeline_method(method="uniform"),
 }
-LEARNED = "learned (shipped nets, onnxruntime)"
+LEARNED = "per-slice nets (EvRefocusNet + EvMergeNet, onnxruntime)"
 INPUT, ORACLE = "input frame", "oracle map (true-depth times)"
 
 
@@ -258,17 +270,21 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="naive reference and default path only")
     ap.add_argument("--json", help="write the per-scene scores, the draws and the summary here")
     ap.add_argument("--no-cache", action="store_true", help="simulate every sweep afresh")
+    ap.add_argument("--models", default=None, help="folder of the nets (default: the shipped models)")
     args = ap.parse_args(argv)
+    global MODELS_DIR
+    MODELS_DIR = args.models
     names = [s for s in args.families.split(",") if s]
     unknown = [s for s in names if s not in FAMILY_NAMES]
-    wanted = [s for s in args.methods.split(",") if s] if not args.quick else [DEFAULT]
+    wanted = [s for s in args.methods.split(",") if s] if not args.quick else [DEFAULT, CLASSICAL]
     bad = [s for s in wanted if s not in METHODS]
     if args.n < 1 or unknown or bad:
         print(f"bench_quality: need --n >= 1 and known names (unknown: {unknown + bad})", file=sys.stderr)
         return 2
     families = sorted((f for f in FAMILIES if f.name in names), key=lambda f: f.held_out)
     methods = {BASELINE: naive_stack}
-    methods.update({k: METHODS[k]() for k in wanted if k != BASELINE})
+    methods.update({k: m for k in wanted if k != BASELINE and (m := METHODS[k]()) is not None})
+    default = DEFAULT if DEFAULT in methods else CLASSICAL
     if args.learned and (learned := learned_method()) is not None:
         methods[LEARNED] = learned
     t0 = time.perf_counter()
@@ -277,7 +293,8 @@ def main(argv=None) -> int:
     summary = summarise(report)
     print(f"{len(families)} families x {args.n} scenes; simulation {report['simulate_s']:.0f} s")
     print_report(report, summary)
-    for line, ok in targets(summary):
+    print(f"default path: {default}")
+    for line, ok in targets(summary, default):
         print(f"{'PASS' if ok else 'FAIL'}  {line}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     if args.json:

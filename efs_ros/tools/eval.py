@@ -1,7 +1,8 @@
 """`make eval BAG=... OUT=...`: the nodes' pipeline over a recording, offline (CONTRACT section 3).
 
     python -m efs_ros.tools.eval BAG OUT [--method dense] [--merge refocus_map] [--bins 64]
-                                         [--backend none|auto|NAME] [--models DIR] [--no-progress]
+                                         [--backend none|auto|NAME] [--models DIR]
+                                         [--learned restore|slices] [--no-progress]
 
 Messages go through the same JobAssembler as the live all-in-focus node, so replaying the
 bag through the node gives the same jobs; each job runs `run_pipeline`. OUT receives per job
@@ -207,6 +208,8 @@ def parse_args(argv):
     parser.add_argument("--backend", default="none",
                         help="learned nets: none (classical), auto, or a backend name")
     parser.add_argument("--models", type=Path, default=None, help="model folder for --backend")
+    parser.add_argument("--learned", default="restore",
+                        help="learned path with --backend: restore (one EvRestoreNet pass) | slices")
     parser.add_argument("--max-events", type=int, default=AssemblerConfig.max_events,
                         help="events held in memory at most")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -218,10 +221,10 @@ def _pipeline_config(args):
 
     kwargs = {"method": args.method, "merge": args.merge, "n_bins": args.bins}
     if args.backend != "none":
-        from efs_ros.infer import load_backend
+        from efs_ros.infer import load_backend, pipeline_nets
 
         backend = load_backend(args.backend, args.models)
-        kwargs.update(refocus_net=backend.refocus, merge_net=backend.merge_weights)
+        kwargs.update(pipeline_nets(backend, args.learned))
     return PipelineConfig(**kwargs)
 
 
