@@ -33,7 +33,7 @@ from .refocus import (
     luminance,
     merge_event_stacks,
 )
-from .restore import restore_features, restored_depth, restored_image
+from .restore import depth_confidence, restore_features, restored_depth, restored_image
 from .select import (
     Selection,
     dense_selection,
@@ -258,7 +258,7 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
     timings["select"] = _ms(t)
 
     times = np.asarray(sel.times_s, dtype=np.float64)
-    learned_depth = None
+    learned_depth = learned_confidence = None
     if config.refocus_net is not None or config.merge_net is not None:
         t = time.perf_counter()
         images = _net_stack(refocuser, job, events, times, config)
@@ -304,12 +304,14 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
             features = restore_features(frame, aif, sel.refocus_map, sel.confidence, events,
                                         job.focus_t, job.focus_dpt, config.response)
             restored = np.asarray(config.restore_net(features), dtype=np.float32)
-            if restored.shape[0] not in (3, 4) or restored.shape[1:] != (h, w):
+            if restored.shape[0] not in (3, 4, 5) or restored.shape[1:] != (h, w):
                 raise ValueError(f"restore_net returned shape {restored.shape}, "
-                                 f"expected (3 or 4, {h}, {w})")
+                                 f"expected (3, 4 or 5, {h}, {w})")
             aif = restored_image(restored, frame, config.response)
-            if restored.shape[0] == 4:
+            if restored.shape[0] >= 4:
                 learned_depth, learned_map = restored_depth(restored[3], aif, job.focus_t, job.focus_dpt)
+            if restored.shape[0] == 5:
+                learned_confidence = depth_confidence(restored[4])
             timings["restore"] = _ms(t)
 
     t = time.perf_counter()
@@ -318,7 +320,8 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
                                        config.confidence_min)
     else:
         depth = learned_depth
-        sel = replace(sel, refocus_map=learned_map)
+        sel = replace(sel, refocus_map=learned_map, confidence=sel.confidence if learned_confidence is None
+                      else learned_confidence)
     timings["depth"] = _ms(t)
     timings["total"] = _ms(t_all)
     result = SweepResult(all_in_focus=aif.astype(np.float32),

@@ -16,8 +16,12 @@ import numpy as np
 from .metrics import TEXTURE_MIN_CONTRAST, textured_mask
 from .refocus import DEFAULT_RESPONSE
 
-OUTPUT_CHANNELS = 4
-"""Corrected log-response RGB, then the corrected relative vergence (the plane-6 quantity)."""
+OUTPUT_CHANNELS = 5
+"""Corrected log-response RGB, the corrected relative vergence (the plane-6 quantity), and the
+log of the relative depth error the net expects there."""
+
+CONFIDENT_DEPTH_ERROR = 0.08
+"""Expected relative depth error at which the learned confidence is 0.5 (issue 11's target)."""
 
 FEATURE_CHANNELS = 12
 """response(frame) RGB, response(classical) RGB, relative vergence, signed count frame -> own
@@ -97,11 +101,17 @@ def restored_image(net_output: np.ndarray, like: np.ndarray, response=DEFAULT_RE
     return np.ascontiguousarray(np.transpose(rgb, (1, 2, 0)), dtype=np.float32)
 
 
+def depth_confidence(log_error: np.ndarray) -> np.ndarray:
+    """[0, 1] confidence from the net's expected log relative depth error: 1 / (1 + e / 0.08)."""
+    expected = np.exp(np.asarray(log_error, np.float64))
+    return (1.0 / (1.0 + expected / CONFIDENT_DEPTH_ERROR)).astype(np.float32)
+
+
 def restored_depth(rel_vergence: np.ndarray, image: np.ndarray, focus_t: np.ndarray,
                    focus_dpt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(depth m, refocus map s) from the net's relative vergence; depth is NaN only where the
     restored image itself has no texture (nothing to judge focus by) or the vergence is not
-    positive (at or beyond infinity)."""
+    positive (at or beyond infinity). How far to trust each pixel is the confidence map's job."""
     v_frame, v_span = vergence_frame(focus_t, focus_dpt)
     vergence = v_frame + v_span * np.asarray(rel_vergence, dtype=np.float64)
     lo, hi = float(np.min(focus_dpt)), float(np.max(focus_dpt))

@@ -196,6 +196,10 @@ class EvMergeNet(nn.Module):
         return (stack * weights.unsqueeze(2)).sum(dim=1)
 
 
+INITIAL_LOG_DEPTH_ERROR = -1.6
+"""log(0.2): the restore net's depth-error channel before training (about the classical AbsRel)."""
+
+
 class EvRestoreNet(nn.Module):
     """Classical all-in-focus estimate + its evidence -> corrected image, in one pass.
 
@@ -209,8 +213,9 @@ class EvRestoreNet(nn.Module):
     def __init__(self, base: int = 16, in_channels: int = 12, log_center: float = LOG_CENTER,
                  out_channels: int = 3):
         super().__init__()
-        if out_channels not in (3, 4):
-            raise ValueError(f"out_channels must be 3 (image) or 4 (image + vergence), got {out_channels}")
+        if out_channels not in (3, 4, 5):
+            raise ValueError("out_channels must be 3 (image), 4 (+ vergence) or 5 (+ its log error "
+                             f"scale), got {out_channels}")
         self.config = {"base": base, "in_channels": in_channels, "log_center": float(log_center),
                        "out_channels": out_channels}
         self.out_channels = out_channels
@@ -230,13 +235,18 @@ class EvRestoreNet(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [B,in_channels,H,W] -> log-response image [B,3,H,W], and with
         out_channels 4 the corrected relative vergence as a 4th channel (the classical one,
-        feature plane 6, plus a residual)."""
+        feature plane 6, plus a residual), and with 5 the log of the expected relative depth
+        error there (starting at log 0.2)."""
         centred = torch.cat([features[:, :6] - self.log_center, features[:, 6:]], dim=1)
         f0, f1, f2 = self.enc(centred)
         x = self.bottleneck(f2)
         x = self.up1(x, f1)
         x = self.up0(x, f0)
-        return features[:, 3:3 + self.out_channels] + self.head(x)  # plane 6 follows the image
+        out = self.head(x)
+        corrected = features[:, 3:3 + min(self.out_channels, 4)] + out[:, :4]  # plane 6 follows the image
+        if self.out_channels < 5:
+            return corrected
+        return torch.cat([corrected, out[:, 4:5] + INITIAL_LOG_DEPTH_ERROR], dim=1)
 
 
 MODEL_CLASSES = {"evrefocusnet": EvRefocusNet, "evmergenet": EvMergeNet, "evrestorenet": EvRestoreNet}

@@ -30,7 +30,13 @@ import torch
 
 from efs_ros.core.metrics import textured_mask
 from efs_ros.core.pipeline import PipelineConfig, run_pipeline_with_info
-from efs_ros.core.restore import FEATURE_CHANNELS, OUTPUT_CHANNELS, restore_features, vergence_frame
+from efs_ros.core.restore import (
+    FEATURE_CHANNELS,
+    OUTPUT_CHANNELS,
+    depth_confidence,
+    restore_features,
+    vergence_frame,
+)
 from efs_ros.nets.checkpoint import default_models_dir, load_training_checkpoint, save_training_checkpoint
 from efs_ros.nets.data import default_cache_dir, filter_events, pipeline_response
 from efs_ros.nets.models import EvRestoreNet, count_parameters
@@ -58,7 +64,7 @@ class RestoreTrainConfig:
     validate_every: int = 500
     threads: int = 1
     out_channels: int = OUTPUT_CHANNELS
-    """3: image only; 4: image and relative vergence (depth)."""
+    """3: image only; 4: image and relative vergence (depth); 5: and its expected error."""
     depth_weight: float = 0.1
     """Weight of the depth AbsRel term (textured pixels of the truth)."""
     psnr_weight: float = 0.0
@@ -196,11 +202,18 @@ def restore_loss(pred: torch.Tensor, crop: torch.Tensor, scales: torch.Tensor, r
     if cfg.psnr_weight > 0:
         mse = ((log_to_linear(resp, pred[:, :3]) - truth) ** 2).mean(dim=(1, 2, 3))
         loss = loss + cfg.psnr_weight * (10.0 * torch.log10(mse + 1e-6)).mean()
-    if pred.shape[1] == 4 and cfg.depth_weight > 0:
+    if pred.shape[1] >= 4 and cfg.depth_weight > 0:
         rel_true = crop[:, VERGENCE_TRUTH]
         judged = (crop[:, TEXTURED] > 0.5) & torch.isfinite(rel_true)
         err = depth_rel_error(pred[:, 3], torch.nan_to_num(rel_true), scales)
-        loss = loss + cfg.depth_weight * (err * judged).sum() / judged.sum().clamp(min=1)
+        n = judged.sum().clamp(min=1)
+        loss = loss + cfg.depth_weight * (err * judged).sum() / n
+        if pred.shape[1] == 5:
+            # Laplace likelihood of the error the depth channel makes, its scale from channel 5;
+            # the error is detached so that the confidence learns the depth, not the other way
+            log_b = pred[:, 4].clamp(-7.0, 1.0)
+            nll = err.detach() / torch.exp(log_b) + log_b
+            loss = loss + 0.1 * cfg.depth_weight * (nll * judged).sum() / n
     return loss
 
 
@@ -218,7 +231,7 @@ def validate(model: EvRestoreNet, samples: list[Sample], resp) -> dict:
     scenes; with a depth output, depth AbsRel over the truth's textured pixels of both (the
     classical depth where its confidence passes the pipeline's floor, at that coverage)."""
     model.eval()
-    psnr_c, psnr_r, ar_c, cov_c, ar_r = [], [], [], [], []
+    psnr_c, psnr_r, ar_c, cov_c, ar_r, ar_sure, cov_sure = [], [], [], [], [], [], []
     conf_min = PipelineConfig.confidence_min
     with torch.inference_mode():
         for sample in samples:
@@ -230,7 +243,7 @@ def validate(model: EvRestoreNet, samples: list[Sample], resp) -> dict:
             truth = p[TRUTH].astype(np.float32)
             psnr_c.append(_psnr(np.clip(resp.inverse(f[3:6]), 0, 1), truth))
             psnr_r.append(_psnr(np.clip(resp.inverse(out[:3]), 0, 1), truth))
-            if out.shape[0] == 4:
+            if out.shape[0] >= 4:
                 rel_true = p[VERGENCE_TRUTH].astype(np.float32)
                 judged = (p[TEXTURED] > 0.5) & np.isfinite(rel_true)
                 scales = torch.tensor([[sample.v_frame, sample.v_span]])
@@ -239,6 +252,10 @@ def validate(model: EvRestoreNet, samples: list[Sample], resp) -> dict:
                 err_c = depth_rel_error(torch.from_numpy(f[6])[None], true_t, scales)[0].numpy()
                 confident = judged & (f[11] >= conf_min)
                 ar_r.append(float(err_r[judged].mean()) if judged.any() else float("nan"))
+                if out.shape[0] == 5:
+                    sure = judged & (depth_confidence(out[4]) >= 0.5)
+                    ar_sure.append(float(err_r[sure].mean()) if sure.any() else float("nan"))
+                    cov_sure.append(float(sure.sum() / max(judged.sum(), 1)))
                 ar_c.append(float(err_c[confident].mean()) if confident.any() else float("nan"))
                 cov_c.append(float(confident.sum() / max(judged.sum(), 1)))
     model.train()
@@ -248,6 +265,8 @@ def validate(model: EvRestoreNet, samples: list[Sample], resp) -> dict:
     if ar_r:
         out.update(classical_abs_rel=float(np.nanmean(ar_c)), classical_coverage=float(np.mean(cov_c)),
                    restored_abs_rel=float(np.nanmean(ar_r)), worst_restored_abs_rel=float(np.nanmax(ar_r)))
+    if ar_sure:
+        out.update(confident_abs_rel=float(np.nanmean(ar_sure)), confident_coverage=float(np.mean(cov_sure)))
     return out
 
 
@@ -337,6 +356,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate of the cosine schedule")
     ap.add_argument("--psnr-weight", type=float, default=None, help="weight of the per-crop PSNR term")
+    ap.add_argument("--depth-weight", type=float, default=None, help="weight of the depth AbsRel term")
+    ap.add_argument("--crop", type=int, default=None, help="crop size (px)")
+    ap.add_argument("--batch", type=int, default=None, help="crops per step")
     ap.add_argument("--run-dir", default=None, help="checkpoint + run log (default models/restore_run)")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--out", default=None, help="publish the trained net to this models folder")
@@ -355,10 +377,9 @@ def main(argv=None) -> int:
         cfg = replace(cfg, steps=args.steps)
     if args.scenes is not None:
         cfg = replace(cfg, scenes=args.scenes)
-    if args.lr is not None:
-        cfg = replace(cfg, lr=args.lr)
-    if args.psnr_weight is not None:
-        cfg = replace(cfg, psnr_weight=args.psnr_weight)
+    given = {"lr": args.lr, "psnr_weight": args.psnr_weight, "depth_weight": args.depth_weight,
+             "crop": args.crop, "batch": args.batch}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     run_dir = Path(args.run_dir) if args.run_dir else default_models_dir() / "restore_run"
     cache = Path(args.cache) if args.cache else default_cache_dir()
     if args.prepare_only:
