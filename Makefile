@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(RUN) $(PY) -m efs_ros.tools.demo $(DEMO_ARGS)
 
 eval: $(STAMP)
-	@if [ -z "$(BAG)" ] || [ -z "$(OUT)" ]; then echo "usage: make eval BAG=<bag folder or file> OUT=<folder>" >&2; exit 2; fi
-	$(RUN) $(PY) -m efs_ros.tools.eval "$(BAG)" "$(OUT)" $(EVAL_ARGS)
+	@if [ -z "$(BAG)" ] || [ -z "$(OUT)" ]; then echo "usage: make eval BAG=<bag folder or file> OUT=<folder> [CALIB=<rig calibration file>]" >&2; exit 2; fi
+	$(RUN) $(PY) -m efs_ros.tools.eval "$(BAG)" "$(OUT)" $(if $(CALIB),--calib "$(CALIB)") $(EVAL_ARGS)
 
 bench: $(STAMP)
 	$(RUN) $(PY) -m efs_ros.tools.bench $(BENCH_ARGS)

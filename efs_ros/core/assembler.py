@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from efs_ros.core.calibration import RigCalibration
 from efs_ros.core.events import EVENT_DTYPE
 from efs_ros.core.evt3 import Evt3Decoder
-from efs_ros.core.images import FRAME_ENCODINGS, ImageError, image_to_array, to_linear
+from efs_ros.core.images import CAMERA_ENCODINGS, ENCODINGS, ImageError, image_to_array, to_linear
 from efs_ros.core.job import SweepJob
 from efs_ros.core.sweeps import Sweep, SweepConfig, SweepTracker
 from efs_ros.core.timesync import ClockFit, ClockSync, SyncConfig
@@ -77,6 +78,8 @@ class AssemblerConfig:
     """A frame with more of its pixels saturated (any channel at full scale) gives no job."""
     min_events_per_pixel: float = 1e-3
     """A sweep with fewer events than this per pixel gives no job (at least one event)."""
+    calibration: RigCalibration = field(default_factory=RigCalibration)
+    """The rig calibration file (CONTRACT section 4): frame geometry and transfer, lens model."""
 
 
 @dataclass
@@ -87,8 +90,9 @@ class _Frame:
 
 
 def saturated_fraction(image: np.ndarray) -> float:
-    """Share of pixels with any channel at full scale (uint8 255; float >= 1)."""
-    full = image >= (255 if image.dtype == np.uint8 else 1.0)
+    """Share of pixels with any channel at full scale (the integer type's maximum; float >= 1)."""
+    top = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+    full = image >= top
     if full.ndim == 3:
         full = full.any(axis=2)
     return float(full.mean()) if full.size else 0.0
@@ -307,10 +311,10 @@ class JobAssembler:
         image = np.asarray(image)
         reason = None
         violation = True
-        if encoding not in FRAME_ENCODINGS:
+        if encoding not in CAMERA_ENCODINGS:
             reason = (f"frame with unknown encoding {encoding!r} "
-                      f"(expected {', '.join(FRAME_ENCODINGS)}): rejected")
-        elif image.ndim != (2 if encoding == "mono8" else 3) or \
+                      f"(expected {', '.join(CAMERA_ENCODINGS)}): rejected")
+        elif image.ndim != (2 if ENCODINGS[encoding][1] == 1 else 3) or \
                 (image.ndim == 3 and image.shape[2] != 3):
             reason = f"frame of shape {image.shape} does not fit encoding {encoding}: rejected"
         elif self._last_frame_stamp is not None and stamp_ns <= self._last_frame_stamp:
@@ -335,12 +339,15 @@ class JobAssembler:
         return True
 
     def _frame_size_problem(self, image: np.ndarray) -> str | None:
-        if self.sensor_size is None:
+        """Frames of another size need the homography of a rig calibration file (any size works
+        with one); without it, the one line says what is missing."""
+        if self.sensor_size is None or not self.config.calibration.registered:
             return None
         h, w = image.shape[:2]
         if (w, h) != self.sensor_size:
-            return (f"frame size mismatch: {w}x{h}, event sensor is "
-                    f"{self._width}x{self._height}: rejected")
+            return (f"frame size mismatch: {w}x{h}, event sensor is {self._width}x{self._height}; "
+                    "a camera that does not share the sensor's pixels needs a rig calibration file "
+                    "with frame_to_events (CALIB=<file> / calibration_file): rejected")
         return None
 
     def add_frame_message(self, stamp_ns: int, width: int, height: int, encoding: str, step: int,
@@ -436,7 +443,7 @@ class JobAssembler:
         if self._overflow_until_us is not None and self._overflow_until_us >= lo_us:
             return None, ("overflow", "events of its sweep were dropped (buffer overflow)")
         events = self._events_for(fit, lo_us, hi_us, frame.stamp_ns, sweep)
-        focus_t_ns, focus_dpt = self._tracker.focus_between(sweep.start_ns, sweep.end_ns)
+        focus_t_ns, lens_dpt = self._tracker.focus_between(sweep.start_ns, sweep.end_ns)
         if focus_t_ns.size < 2:
             return None, ("few_lens_samples", "fewer than two lens samples in its sweep")
         saturated = saturated_fraction(frame.pixels)  # only for frames that make a job
@@ -450,8 +457,11 @@ class JobAssembler:
             return None, ("no_events", f"{events.size} events in its sweep (fewer than "
                                        f"{min_events}): nothing to refocus with")
         pixels = frame.pixels
-        linear = to_linear(pixels, frame.encoding) if pixels.dtype == np.uint8 \
-            else np.ascontiguousarray(pixels, dtype=np.float32)
+        calib = self.config.calibration
+        linear = to_linear(pixels, frame.encoding, transfer=calib.frame_transfer) \
+            if np.issubdtype(pixels.dtype, np.integer) else np.ascontiguousarray(pixels, dtype=np.float32)
+        focus_t, focus_dpt = calib.lens_to_focus((focus_t_ns - frame.stamp_ns).astype(np.float64) * 1e-9,
+                                                 lens_dpt)
         lost = sum(n for stamp, n in self._lost_at
                    if sweep.start_ns <= stamp <= sweep.end_ns + int(5e6))
         job = SweepJob(
@@ -459,8 +469,11 @@ class JobAssembler:
             frame=linear,
             encoding=frame.encoding,
             events=events,
-            focus_t=(focus_t_ns - frame.stamp_ns).astype(np.float64) * 1e-9,
+            focus_t=focus_t,
             focus_dpt=focus_dpt,
+            frame_to_events=None if calib.registered else calib.homography,
+            sensor_size=None if calib.registered else (self._height, self._width),
+            frame_transfer=calib.frame_transfer,
             exposure_s=self._sync.exposure_s(frame.stamp_ns),
             meta={
                 "sweep_index": sweep.index,

@@ -32,6 +32,19 @@ class SweepJob:
     ground_truth_depth: np.ndarray | None = None
     """Synthetic recordings only: H x W float32 metres, NaN where no surface."""
     meta: dict = field(default_factory=dict)
+    frame_to_events: np.ndarray | None = None
+    """3x3 homography, frame pixel -> event pixel, when the frame camera is not pixel-registered
+    with the event sensor (rig calibration); None: the frame's pixels are the sensor's."""
+    sensor_size: tuple[int, int] | None = None
+    """(height, width) of the event sensor, with frame_to_events; None: the frame's size."""
+    frame_transfer: str = "linear"
+    """How the camera encoded the frame (CONTRACT section 4); `frame` itself is always linear,
+    outputs are re-encoded with this."""
+
+    @property
+    def registered(self) -> bool:
+        """Whether events and frame share pixels (the pipeline's own geometry)."""
+        return self.frame_to_events is None
 
     @property
     def height(self) -> int:

@@ -202,6 +202,18 @@ def run_pipeline_with_info(job: SweepJob, config: PipelineConfig | None = None,
     stage before and after runs as usual, so with the true-depth times this is what a perfect
     selection would give (bench-quality's oracle row). It needs the refocus-map merge, no nets."""
     config = config or PipelineConfig()
+    if not job.registered:
+        # another camera's frame: run in the event sensor's pixels, carry the result back
+        if refocus_map is not None:
+            raise ValueError("a given refocus_map needs a pixel-registered job")
+        from .registration import event_geometry_job, result_in_frame_pixels
+
+        t = time.perf_counter()
+        in_events = event_geometry_job(job)
+        result, info = run_pipeline_with_info(in_events, config)
+        result = result_in_frame_pixels(result, job, in_events.frame)
+        result.timings_ms["registration"] = _ms(t) - result.timings_ms.get("total", 0.0)
+        return result, info
     validate_job(job)
     if refocus_map is not None and (config.merge != "refocus_map" or config.refocus_net is not None
                                     or config.merge_net is not None):

@@ -65,7 +65,8 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 
 from efs_ros.core.assembler import AssemblerConfig, JobAssembler
-from efs_ros.core.images import encode_float, encode_frame
+from efs_ros.core.calibration import CalibrationError, RigCalibration
+from efs_ros.core.images import encode_float, encode_frame, output_encoding
 from efs_ros.core.pipeline import MERGES, METHODS, PipelineConfig, run_pipeline
 from efs_ros.nodes.common import (
     DIAG_ERROR,
@@ -136,6 +137,7 @@ class NodeSettings:
     backend: str = "auto"
     learned: str = "restore"
     models_dir: str = ""
+    calibration_file: str = ""
     max_buffered_events: int = 16_000_000
     max_pending_frames: int = 64
     max_pending_jobs: int = 4
@@ -173,6 +175,9 @@ _DESCRIPTORS = {
                           "image (fast on a CPU too); slices = EvRefocusNet per slice + EvMergeNet",
                           LEARNED_PATHS),
     "models_dir": text_param("folder with the exported nets ('' = the package's models)"),
+    "calibration_file": text_param("rig calibration file (CONTRACT section 4: frame geometry and "
+                                   "transfer, lens model, triggers); '' = a pixel-registered, linear, "
+                                   "ideal-lens rig", read_only=True),
     "max_buffered_events": int_param("events held at most; beyond, the oldest are dropped "
                                      "(13 bytes each)", 10_000, 1_000_000_000),
     "max_pending_frames": int_param("frames waiting for their sweep to end", 1, 10_000),
@@ -205,6 +210,11 @@ def validate_settings(s: NodeSettings) -> str | None:
         return f"backend must be one of {BACKENDS}, got {s.backend!r}"
     if s.learned not in LEARNED_PATHS:
         return f"learned must be one of {LEARNED_PATHS}, got {s.learned!r}"
+    if s.calibration_file:
+        try:
+            RigCalibration.load(s.calibration_file)
+        except CalibrationError as exc:
+            return str(exc)
     if s.fault_warn_fraction > s.fault_error_fraction:
         return "fault_warn_fraction must not exceed fault_error_fraction"
     try:
@@ -395,9 +405,11 @@ class AllInFocusNode(Node):
         self._decoder_backend = self._warm_up_decoder()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
+        calibration = RigCalibration.load(settings.calibration_file) if settings.calibration_file \
+            else RigCalibration()
         self._assembler = JobAssembler(AssemblerConfig(
             max_events=settings.max_buffered_events,
-            max_pending_frames=settings.max_pending_frames))
+            max_pending_frames=settings.max_pending_frames, calibration=calibration))
         self._jobs: deque = deque()
         self._headers: OrderedDict[int, str] = OrderedDict()
         self._counts = _Counters()
@@ -622,7 +634,8 @@ class AllInFocusNode(Node):
     def _publish_result(self, job, result) -> None:
         frame_id = self._headers.get(job.stamp_ns, "")
         outputs = (
-            (self._aif_pub, encode_frame(result.all_in_focus, job.encoding)),
+            (self._aif_pub, encode_frame(result.all_in_focus, output_encoding(job.encoding),
+                                         transfer=job.frame_transfer)),
             (self._refocus_pub, encode_float(result.refocus_map)),
             (self._depth_pub, encode_float(result.depth)),
         )

@@ -147,6 +147,44 @@ class _StateRenders:
         return out
 
 
+@dataclass(frozen=True)
+class FrameCamera:
+    """A frame camera that does not share the event sensor's pixels (beam splitter rigs): its own
+    size, a homography onto the event sensor and a transfer curve. The scene lives in the event
+    sensor's pixels (RigConfig's size); the frame and the truths are its warp into this camera."""
+
+    height: int
+    width: int
+    frame_to_events: tuple[float, ...]
+    """3x3 row-major homography, frame pixel -> event pixel (CONTRACT section 4)."""
+    transfer: str = "linear"
+
+    @classmethod
+    def similarity(cls, height: int, width: int, sensor_hw: tuple[int, int], scale: float, angle_deg: float,
+                   shift_px: tuple[float, float] = (0.0, 0.0), transfer: str = "linear") -> FrameCamera:
+        """A frame camera whose centre maps near the sensor's centre: rotation, scale (event px per
+        frame px) and a shift, as a real beam-splitter alignment leaves them."""
+        a = np.deg2rad(angle_deg)
+        rot = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        centre_f = np.array([(width - 1) / 2, (height - 1) / 2])
+        centre_e = np.array([(sensor_hw[1] - 1) / 2, (sensor_hw[0] - 1) / 2]) + np.asarray(shift_px)
+        h = np.eye(3)
+        h[:2, :2] = rot
+        h[:2, 2] = centre_e - rot @ centre_f
+        return cls(height, width, tuple(float(v) for v in h.ravel()), transfer)
+
+    def homography(self) -> np.ndarray:
+        return np.reshape(np.asarray(self.frame_to_events, np.float64), (3, 3))
+
+    def view(self, image: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """What this camera sees of an image in event-sensor pixels."""
+        import cv2
+
+        flags = (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+        return cv2.warpPerspective(np.ascontiguousarray(image, np.float32), self.homography(),
+                                   (self.width, self.height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+
+
 # ----------------------------------------------------------------------------------------------
 # One sweep
 
@@ -170,20 +208,28 @@ class SimulatedSweep:
     frame_fraction: float
     scene: Scene | None = None
     lens: ThinLens | None = None
+    camera: FrameCamera | None = None
+    """The frame camera when it is not the event sensor's (frame and truths in its geometry)."""
+    sensor_size: tuple[int, int] | None = None
 
     def to_job(self, stamp_ns: int = 0, encoding: str = "rgb8") -> SweepJob:
         """The sweep as the pipeline's SweepJob (times already relative to the frame)."""
+        cam = self.camera
         return SweepJob(stamp_ns=int(stamp_ns), frame=self.frame, encoding=encoding, events=self.events,
                         focus_t=self.focus_t, focus_dpt=self.focus_dpt, exposure_s=float(self.exposure_s),
                         ground_truth_aif=self.gt_aif, ground_truth_depth=self.gt_depth,
                         meta={"source": "efs_ros.sim", "direction": self.direction,
-                              "frame_fraction": self.frame_fraction, "sensor_model": self.sensor.model})
+                              "frame_fraction": self.frame_fraction, "sensor_model": self.sensor.model},
+                        frame_to_events=None if cam is None else cam.homography(),
+                        sensor_size=None if cam is None else self.sensor_size,
+                        frame_transfer="linear" if cam is None else cam.transfer)
 
 
 def simulate_sweep(rig: RigConfig, sensor: SensorConfig, rng: np.random.Generator, scene: Scene | None = None,
-                   direction: int = +1) -> SimulatedSweep:
+                   direction: int = +1, camera: FrameCamera | None = None) -> SimulatedSweep:
     """One monotonic sweep (direction +1: far to near, i.e. increasing diopters) with a frame
-    exposed at a random point inside it."""
+    exposed at a random point inside it; with a `camera`, the frame and the truths are that
+    camera's view (the event sensor and everything random stay the same)."""
     if direction not in (1, -1):
         raise ValueError(f"direction must be +1 or -1, got {direction}")
     scene_rng, frame_rng, sensor_rng, noise_rng = (_child(rng) for _ in range(4))
@@ -202,7 +248,12 @@ def simulate_sweep(rig: RigConfig, sensor: SensorConfig, rng: np.random.Generato
     hi = min(rig.frame_fraction[1] * rig.sweep_s, rig.sweep_s - half)
     t_frame = float(frame_rng.uniform(lo, hi)) if hi > lo else 0.5 * (lo + hi)
     weights = exposure_weights(times, t_frame - half, t_frame + half)
-    frame = _frame_noise(renders.blend(states, weights), rig, noise_rng)
+    exposed = renders.blend(states, weights)
+    gt_aif, gt_depth = scene.all_in_focus(), scene.depth_map()
+    if camera is not None:
+        exposed, gt_aif = camera.view(exposed), camera.view(gt_aif)
+        gt_depth = camera.view(gt_depth, nearest=True)
+    frame = _frame_noise(exposed, rig, noise_rng)
 
     cam = EventSensor(sensor, rig.height, rig.width, sensor_rng)
     rel_us = (times - t_frame) * 1e6
@@ -212,9 +263,11 @@ def simulate_sweep(rig: RigConfig, sensor: SensorConfig, rng: np.random.Generato
     events = np.concatenate(chunks) if chunks else empty_events()
 
     return SimulatedSweep(focus_t=times - t_frame, focus_dpt=renders.dpt[states].astype(np.float64),
-                          frame=frame, events=events, gt_aif=scene.all_in_focus(), gt_depth=scene.depth_map(),
+                          frame=frame, events=events, gt_aif=gt_aif.astype(np.float32),
+                          gt_depth=gt_depth.astype(np.float32),
                           sensor=sensor, exposure_s=rig.exposure_s, direction=direction,
-                          frame_fraction=t_frame / rig.sweep_s, scene=scene, lens=renders.renderer.lens)
+                          frame_fraction=t_frame / rig.sweep_s, scene=scene, lens=renders.renderer.lens,
+                          camera=camera, sensor_size=(rig.height, rig.width))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 
     python -m efs_ros.tools.eval BAG OUT [--method dense] [--merge refocus_map] [--bins 64]
                                          [--backend none|auto|NAME] [--models DIR]
-                                         [--learned restore|slices] [--no-progress]
+                                         [--learned restore|slices] [--calib FILE] [--no-progress]
 
 Messages go through the same JobAssembler as the live all-in-focus node, so replaying the
 bag through the node gives the same jobs; each job runs `run_pipeline`. OUT receives per job
-`<stamp_ns>_aif.png` (8-bit, the input frame's channels), `<stamp_ns>_depth.npy` (float32 m,
-NaN unknown), `<stamp_ns>_refocus.npy` (float32 s from the frame stamp) and `summary.json`,
-rewritten after every job so that it always holds what was computed so far.
+`<stamp_ns>_aif.png` (8-bit, the input frame's channels and transfer; rgb8 for Bayer frames),
+`<stamp_ns>_depth.npy` (float32 m, NaN unknown), `<stamp_ns>_refocus.npy` (float32 s from the
+frame stamp) and `summary.json`, rewritten after every job so that it always holds what was computed so far.
 
 A recording it cannot use (missing topic, unknown encoding, size mismatch, corrupt or
 truncated file) ends the run with exit status 1 and one stderr line
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from efs_ros.core.assembler import AssemblerConfig, JobAssembler
-from efs_ros.core.images import ImageError, decode_float, decode_frame, from_linear
+from efs_ros.core.calibration import CalibrationError, RigCalibration
+from efs_ros.core.images import ImageError, decode_float, decode_frame, from_linear, output_encoding
 from efs_ros.core.job import SweepJob, SweepResult
 from efs_ros.core.sweeps import focus_from_joint_state
 from efs_ros.io.recording import (
@@ -75,7 +76,9 @@ def feed(assembler: JobAssembler, topic: str, msg) -> None:
 class GroundTruth:
     """Ground-truth images by stamp (synthetic recordings); pruned as jobs pass them."""
 
-    def __init__(self):
+    def __init__(self, transfer: str = "linear"):
+        self.transfer = transfer
+        """Synthetic truths share the frame's geometry and transfer (CONTRACT section 4)."""
         self.aif: dict[int, np.ndarray] = {}
         self.depth: dict[int, np.ndarray] = {}
         self.rejected = 0
@@ -85,7 +88,7 @@ class GroundTruth:
         try:
             if topic == TOPIC_GT_AIF:
                 self.aif[msg.stamp_ns] = decode_frame(msg.width, msg.height, msg.encoding, msg.step,
-                                                      msg.data, msg.is_bigendian)
+                                                      msg.data, msg.is_bigendian, transfer=self.transfer)
             else:
                 self.depth[msg.stamp_ns] = decode_float(msg.width, msg.height, msg.step, msg.data,
                                                         msg.is_bigendian, msg.encoding)
@@ -129,11 +132,13 @@ def job_metrics(job: SweepJob, result: SweepResult, output_8bit: np.ndarray) -> 
 
 
 def write_png(path: Path, pixels: np.ndarray, encoding: str) -> None:
-    """8-bit PNG with the input frame's channels (bgr8 is stored in PNG's RGB order)."""
+    """8-bit PNG with the input frame's channels (bgr is stored in PNG's RGB order)."""
     from PIL import Image
 
-    if encoding == "bgr8":
+    if encoding in ("bgr8", "bgr16"):
         pixels = pixels[:, :, ::-1]
+    if pixels.dtype == np.uint16:  # PIL writes 8-bit RGB; 16-bit outputs keep their top byte
+        pixels = (pixels >> 8).astype(np.uint8)
     Image.fromarray(np.ascontiguousarray(pixels), mode="L" if pixels.ndim == 2 else "RGB").save(path)
 
 
@@ -146,12 +151,12 @@ def _atomic_json(path: Path, data: dict) -> None:
 class Evaluation:
     """Runs jobs, writes their files and keeps summary.json current."""
 
-    def __init__(self, bag: Path, out: Path, pipeline_config, options: dict):
+    def __init__(self, bag: Path, out: Path, pipeline_config, options: dict, transfer: str = "linear"):
         self.bag, self.out = bag, out
         self.pipeline_config = pipeline_config
         self.summary = {"bag": str(bag), "options": options, "complete": False, "error": None,
                         "jobs": [], "failed_jobs": [], "means": {}, "n_jobs": 0, "stats": {}}
-        self.gt = GroundTruth()
+        self.gt = GroundTruth(transfer)
 
     def run_job(self, job: SweepJob) -> None:
         from efs_ros.core.pipeline import JobError, run_pipeline
@@ -166,9 +171,10 @@ class Evaluation:
             self.save()
             return
         wall_ms = (time.perf_counter() - t0) * 1e3
-        pixels = from_linear(result.all_in_focus, job.encoding)
+        encoding = output_encoding(job.encoding)
+        pixels = from_linear(result.all_in_focus, encoding, transfer=job.frame_transfer)
         stem = str(int(job.stamp_ns))
-        write_png(self.out / f"{stem}_aif.png", pixels, job.encoding)
+        write_png(self.out / f"{stem}_aif.png", pixels, encoding)
         np.save(self.out / f"{stem}_depth.npy", np.asarray(result.depth, dtype=np.float32))
         np.save(self.out / f"{stem}_refocus.npy", np.asarray(result.refocus_map, dtype=np.float32))
         entry = {"stamp_ns": int(job.stamp_ns), "wall_ms": round(wall_ms, 3),
@@ -210,6 +216,9 @@ def parse_args(argv):
     parser.add_argument("--models", type=Path, default=None, help="model folder for --backend")
     parser.add_argument("--learned", default="restore",
                         help="learned path with --backend: restore (one EvRestoreNet pass) | slices")
+    parser.add_argument("--calib", type=Path, default=None,
+                        help="rig calibration file (CONTRACT section 4); default: a pixel-registered, "
+                        "linear, ideal-lens rig")
     parser.add_argument("--max-events", type=int, default=AssemblerConfig.max_events,
                         help="events held in memory at most")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -248,8 +257,9 @@ def evaluate(bag: Path, out: Path, pipeline_config, options: dict, progress: boo
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    run = Evaluation(bag, out, pipeline_config, options)
-    assembler = JobAssembler(assembler_config or AssemblerConfig())
+    assembler_config = assembler_config or AssemblerConfig()
+    run = Evaluation(bag, out, pipeline_config, options, assembler_config.calibration.frame_transfer)
+    assembler = JobAssembler(assembler_config)
     error = None
     bar = tqdm(total=_message_count(bag) if progress else None, unit="msg", file=sys.stderr,
                disable=None if progress else True, desc=PROG, dynamic_ncols=True)
@@ -278,6 +288,11 @@ def evaluate(bag: Path, out: Path, pipeline_config, options: dict, progress: boo
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        calibration = RigCalibration.load(args.calib) if args.calib else RigCalibration()
+    except CalibrationError as exc:
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    try:
         config = _pipeline_config(args)
     except Exception as exc:  # noqa: BLE001 - bad option or unusable backend: one line, status 2
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -286,7 +301,8 @@ def main(argv=None) -> int:
                "backend": args.backend}
     try:
         _, error = evaluate(args.bag, args.out, config, options, progress=not args.no_progress,
-                            assembler_config=AssemblerConfig(max_events=args.max_events))
+                            assembler_config=AssemblerConfig(max_events=args.max_events,
+                                                             calibration=calibration))
     except OSError as exc:
         error = _one_line(f"{exc.filename or args.out}: {exc.strerror or exc}")
     if error:
