@@ -149,6 +149,38 @@ def test_trigger_pairs_give_exact_time_and_survive_a_lost_frame():
     assert sync.exposure_s(int(frame_ns[lost])) == 0.0
 
 
+@pytest.mark.parametrize("start_value", [1, 0])
+def test_inverted_strobes_pair_with_the_calibrated_start_value(start_value):
+    """A strobe that idles high marks exposure start with a falling edge (value 0): told so
+    (rig calibration trigger_exposure_start_value), the pairs and exposure are the same; told
+    the wrong polarity, every pair spans the gap between exposures instead."""
+    rng = np.random.default_rng(9)
+    first_us, _, stamps = packet_stream(rng, 1500, drift_ppm=0.0)
+    mids = T0_US + 20_000 + np.arange(40) * 33_333
+    frame_ns = ROS0 + np.rint((mids - T0_US) * 1000.0).astype(np.int64)
+    tr = triggers_for(mids, 4000)
+    if start_value == 0:
+        tr["value"] = 1 - tr["value"]
+
+    def run(value):
+        sync = ClockSync(SyncConfig(trigger_start_value=value))
+        k = 0
+        for f, s_ in zip(first_us.tolist(), stamps.tolist(), strict=True):
+            j = np.searchsorted(tr["t"], f, side="right")
+            sync.add_packet(f, s_, tr[k:j])
+            k = j
+        for stamp in frame_ns.tolist():
+            sync.add_frame(stamp)
+        return sync
+
+    right = run(start_value)
+    assert right.stats.matched_pairs == 40
+    assert right.exposure_s(int(frame_ns[5])) == pytest.approx(0.004, rel=1e-3)
+    wrong = run(1 - start_value)
+    wrong_exposure = wrong.exposure_s(int(frame_ns[5]))
+    assert wrong.stats.matched_pairs < 40 or wrong_exposure != pytest.approx(0.004, rel=0.1)
+
+
 def test_orphan_trigger_edges_are_counted_not_paired():
     sync = ClockSync()
     tr = np.zeros(3, TRIGGER_DTYPE)

@@ -36,7 +36,7 @@ the blurred input passed off as all-in-focus), besides the data-loss reasons abo
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -141,7 +141,10 @@ class JobAssembler:
         self._first_packet_stamp: int | None = None
         self._last_packet_stamp: int | None = None
         self._lost_at: deque[tuple[int, int]] = deque(maxlen=4096)  # (stamp, packets lost)
-        self._sync = ClockSync(self.config.sync)
+        sync = self.config.sync
+        if sync.trigger_start_value != self.config.calibration.trigger_exposure_start_value:
+            sync = replace(sync, trigger_start_value=self.config.calibration.trigger_exposure_start_value)
+        self._sync = ClockSync(sync)
         self._tracker = SweepTracker(self.config.sweeps)
         self._frames: deque[_Frame] = deque()
         self._last_frame_stamp: int | None = None

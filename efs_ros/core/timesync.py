@@ -191,6 +191,8 @@ class SyncConfig:
     max_points: int = 200_000
     use_triggers: bool = True
     trigger_channel: int = 0
+    trigger_start_value: int = 1
+    """Edge value that marks exposure start (rig calibration; 0 for inverted strobes)."""
     trigger_match_tol_ms: float = 10.0
     """A trigger pair and a frame are matched when the pair's stamp-estimated middle lies this
     close to the frame stamp; keep it under half the frame period."""
@@ -309,7 +311,8 @@ class StampClock:
 
 
 class TriggerClock:
-    """Trigger pairs (channel 0: 1 = exposure start, 0 = end) matched in order to frame stamps."""
+    """Trigger pairs (channel 0: exposure start edge, then end; which value is the start is
+    SyncConfig.trigger_start_value) matched in order to frame stamps."""
 
     def __init__(self, config: SyncConfig, stats: SyncStats):
         self.config = config
@@ -325,8 +328,9 @@ class TriggerClock:
         cfg = self.config
         sel = triggers[triggers["channel"] == cfg.trigger_channel]
         self.stats.trigger_edges += int(sel.size)
+        start = cfg.trigger_start_value
         for t, value in zip(sel["t"].tolist(), sel["value"].tolist(), strict=True):  # few per frame
-            if value:
+            if value == start:
                 if self._rise_us is not None:
                     self.stats.orphan_edges += 1
                 self._rise_us = int(t)
