@@ -350,6 +350,40 @@ def train(cfg: RestoreTrainConfig, run_dir: Path, cache: Path, log=print,
     return model
 
 
+def image_only(model: EvRestoreNet) -> EvRestoreNet:
+    """The same net without its depth channels: every layer, and the head's image rows (each
+    output channel of the head is its own filter, so the image output is exactly the same)."""
+    out = EvRestoreNet(base=model.config["base"], in_channels=model.in_channels,
+                       log_center=model.log_center, out_channels=3)
+    state = {k: (v[:3] if k.startswith("head.") else v) for k, v in model.state_dict().items()}
+    out.load_state_dict(state)
+    return out.eval()
+
+
+def publish_run(run_dir: Path, models_dir: str | Path, image_only_net: bool = False) -> dict:
+    """Publish a run's checkpoint as the shipped evrestorenet, with its run summary."""
+    from efs_ros.nets.checkpoint import read_manifest, write_manifest
+    from efs_ros.nets.export import publish
+
+    state = load_training_checkpoint(run_dir / "checkpoint.pt")
+    cfg = state["config"]
+    model = EvRestoreNet(base=cfg["base"], in_channels=FEATURE_CHANNELS,
+                         out_channels=cfg.get("out_channels", 3))
+    model.load_state_dict(state["model"])
+    model.eval()
+    if image_only_net:
+        model = image_only(model)
+    publish({"evrestorenet": model}, models_dir)
+    log = [json.loads(line) for line in (run_dir / "run_log.jsonl").read_text().splitlines()]
+    last_val = next((e["val"] for e in reversed(log) if "val" in e), None)
+    manifest = read_manifest(models_dir)
+    manifest["models"]["evrestorenet"]["training"] = {
+        "run": run_dir.name, "step": int(state["step"]), "config": cfg, "validation": last_val,
+        "image_only": bool(image_only_net)}
+    write_manifest(models_dir, manifest)
+    return manifest
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=None)
@@ -364,6 +398,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="publish the trained net to this models folder")
     ap.add_argument("--publish", action="store_true", help="publish to the shipped models folder")
     ap.add_argument("--quick", action="store_true", help="tiny run for tests")
+    ap.add_argument("--publish-run", default=None,
+                    help="publish this run directory's checkpoint (no training) to --out or the "
+                    "shipped models")
+    ap.add_argument("--image-only", action="store_true", help="with --publish-run: drop the depth channels")
     ap.add_argument("--prepare-only", action="store_true", help="simulate the scenes, do not train")
     ap.add_argument("--init-from", default=None,
                     help="start a new run from another run's checkpoint (layers that fit; a new "
@@ -382,6 +420,11 @@ def main(argv=None) -> int:
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     run_dir = Path(args.run_dir) if args.run_dir else default_models_dir() / "restore_run"
     cache = Path(args.cache) if args.cache else default_cache_dir()
+    if args.publish_run:
+        target = args.out or str(default_models_dir())
+        publish_run(Path(args.publish_run), target, args.image_only)
+        print(f"published {args.publish_run} to {target}")
+        return 0
     if args.prepare_only:
         ensure_samples(cache, "train", cfg.scenes, TRAIN_SEED_OFFSET)
         ensure_samples(cache, "val", cfg.val_scenes, VAL_SEED_OFFSET)
