@@ -8,7 +8,7 @@ BOOTSTRAP_INPUTS := requirements.txt setup.py setup.cfg scripts/bootstrap.sh \
                     scripts/build_interfaces.sh $(wildcard third_party/event_camera_msgs/*/*) \
                     third_party/event_camera_msgs/CMakeLists.txt
 
-.PHONY: bootstrap test demo eval bench bench-quality train lint bringup clean
+.PHONY: bootstrap test demo eval bench bench-quality train train-restore lint bringup clean
 
 $(STAMP): $(BOOTSTRAP_INPUTS)
 	scripts/bootstrap.sh $(VENV)
@@ -37,6 +37,9 @@ bench-quality: $(STAMP)
 
 train: $(STAMP)
 	$(RUN) $(PY) -m efs_ros.nets.train $(TRAIN_ARGS)
+
+train-restore: $(STAMP)
+	$(RUN) $(PY) -m efs_ros.nets.train_restore $(TRAIN_ARGS)
 
 bringup: $(STAMP)
 	$(RUN) $(PY) -m efs_ros.tools.bringup $(BRINGUP_ARGS)

@@ -1,6 +1,7 @@
 """Train EvRestoreNet on the classical pipeline's own output over the rig-family matrix.
 
     make train-restore                                 # python -m efs_ros.nets.train_restore
+    python -m efs_ros.nets.train_restore --publish-run models/restore_run_depth --image-only
     python -m efs_ros.nets.train_restore --steps 6000  # continue a run to more steps
     python -m efs_ros.nets.train_restore --quick --run-dir /tmp/r --out /tmp/m   # smoke run
 

@@ -129,7 +129,7 @@ METHODS: dict[str, Callable[[], Method | None]] = {
     "golden (paper) + focus merge": lambda: pipeline_method(method="golden"),
     "uniform 64 + focus merge": lambda: pipeline_method(method="uniform"),
 }
-LEARNED = "per-slice nets (EvRefocusNet + EvMergeNet, onnxruntime)"
+LEARNED = "per-slice nets (onnxruntime)"
 INPUT, ORACLE = "input frame", "oracle map (true-depth times)"
 
 
