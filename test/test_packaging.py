@@ -53,6 +53,7 @@ ROSDEP_KEYS = {
     "torch": "python3-torch",
     "pytest": "python3-pytest",
     "hypothesis": "python3-hypothesis",
+    "cv2": "python3-opencv",  # the key issue 12 names (rosdep/python.yaml: python3-opencv)
 }
 # No key of their own, installed by the key named: numba needs llvmlite (Debian's python3-numba
 # depends on python3-llvmlite), rosbags needs lz4 and, before Python 3.14, backports.zstd.
