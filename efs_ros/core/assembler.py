@@ -141,9 +141,10 @@ class JobAssembler:
         self._first_packet_stamp: int | None = None
         self._last_packet_stamp: int | None = None
         self._lost_at: deque[tuple[int, int]] = deque(maxlen=4096)  # (stamp, packets lost)
-        sync = self.config.sync
-        if sync.trigger_start_value != self.config.calibration.trigger_exposure_start_value:
-            sync = replace(sync, trigger_start_value=self.config.calibration.trigger_exposure_start_value)
+        calib = self.config.calibration
+        sync = replace(self.config.sync, trigger_start_value=calib.trigger_exposure_start_value,
+                       frame_stamp_offset_s=calib.frame_stamp_offset_s
+                       if calib.frame_stamp_offset_s is not None else self.config.sync.frame_stamp_offset_s)
         self._sync = ClockSync(sync)
         self._tracker = SweepTracker(self.config.sweeps)
         self._frames: deque[_Frame] = deque()
@@ -395,7 +396,9 @@ class JobAssembler:
         waiting_sweep: Sweep | None = None
         while self._frames:
             frame = self._frames[0]
-            state, sweep = self._tracker.classify(frame.stamp_ns)
+            # the sweep that holds the frame's mid-exposure, not its (possibly late) stamp
+            mid_ns = frame.stamp_ns - int(round(self._sync.frame_stamp_offset_ns(frame.stamp_ns)))
+            state, sweep = self._tracker.classify(mid_ns)
             if state == "pending":
                 if not final:
                     break
@@ -441,11 +444,17 @@ class JobAssembler:
         fit = self._sync.fit(fit_at_ns, frame.stamp_ns)
         if fit is None:
             return None, ("no_clock_fit", "no clock fit (no events decoded)")
-        lo_us = int(np.floor(fit.to_sensor_us(sweep.start_ns))) - 1
-        hi_us = int(np.ceil(fit.to_sensor_us(sweep.end_ns))) + 1
+        # The job's origin is mid-exposure in ROS time: the stamp less its offset (given, or
+        # fitted from trigger pairs). A trigger fit maps sensor time onto the stamps' axis, a
+        # stamp fit onto ROS time itself.
+        offset_ns = int(round(self._sync.frame_stamp_offset_ns(frame.stamp_ns)))
+        origin_ns = frame.stamp_ns - offset_ns
+        axis_shift = offset_ns if fit.source == "triggers" else 0
+        lo_us = int(np.floor(fit.to_sensor_us(sweep.start_ns + axis_shift))) - 1
+        hi_us = int(np.ceil(fit.to_sensor_us(sweep.end_ns + axis_shift))) + 1
         if self._overflow_until_us is not None and self._overflow_until_us >= lo_us:
             return None, ("overflow", "events of its sweep were dropped (buffer overflow)")
-        events = self._events_for(fit, lo_us, hi_us, frame.stamp_ns, sweep)
+        events = self._events_for(fit, lo_us, hi_us, origin_ns + axis_shift, origin_ns, sweep)
         focus_t_ns, lens_dpt = self._tracker.focus_between(sweep.start_ns, sweep.end_ns)
         if focus_t_ns.size < 2:
             return None, ("few_lens_samples", "fewer than two lens samples in its sweep")
@@ -463,8 +472,7 @@ class JobAssembler:
         calib = self.config.calibration
         linear = to_linear(pixels, frame.encoding, transfer=calib.frame_transfer) \
             if np.issubdtype(pixels.dtype, np.integer) else np.ascontiguousarray(pixels, dtype=np.float32)
-        focus_t, focus_dpt = calib.lens_to_focus((focus_t_ns - frame.stamp_ns).astype(np.float64) * 1e-9,
-                                                 lens_dpt)
+        focus_t, focus_dpt = calib.lens_to_focus((focus_t_ns - origin_ns).astype(np.float64) * 1e-9, lens_dpt)
         lost = sum(n for stamp, n in self._lost_at
                    if sweep.start_ns <= stamp <= sweep.end_ns + int(5e6))
         job = SweepJob(
@@ -504,14 +512,16 @@ class JobAssembler:
         self._sweep_cache = (key, ev)
         return ev
 
-    def _events_for(self, fit: ClockFit, lo_us: int, hi_us: int, stamp_ns: int,
+    def _events_for(self, fit: ClockFit, lo_us: int, hi_us: int, ref_ns: int, origin_ns: int,
                     sweep: Sweep) -> np.ndarray:
+        """Events of the sweep in us relative to the job's origin; `ref_ns` is that origin on
+        the fit's own time axis."""
         ev = self._sweep_events(lo_us, hi_us)
         if not ev.size:
             return np.zeros(0, EVENT_DTYPE)
-        rel = fit.relative_us(ev["t"], stamp_ns)
-        lo_rel = -((stamp_ns - sweep.start_ns) // 1000)  # ceil of (start - stamp) / 1000
-        hi_rel = (sweep.end_ns - stamp_ns) // 1000
+        rel = fit.relative_us(ev["t"], ref_ns)
+        lo_rel = -((origin_ns - sweep.start_ns) // 1000)  # ceil of (start - origin) / 1000
+        hi_rel = (sweep.end_ns - origin_ns) // 1000
         keep = (rel >= lo_rel) & (rel <= hi_rel)
         out = ev[keep]
         out["t"] = rel[keep]

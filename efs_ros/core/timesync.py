@@ -19,6 +19,7 @@ arrived when it was formed: the live node and the offline eval give the same num
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,7 +196,12 @@ class SyncConfig:
     """Edge value that marks exposure start (rig calibration; 0 for inverted strobes)."""
     trigger_match_tol_ms: float = 10.0
     """A trigger pair and a frame are matched when the pair's stamp-estimated middle lies this
-    close to the frame stamp; keep it under half the frame period."""
+    close to the frame stamp less the frame stamp offset; keep it under half the frame period."""
+    frame_stamp_offset_s: float | None = None
+    """Frame stamp minus mid-exposure (rig calibration); None: estimated from the trigger pairs
+    (drivers that stamp on arrival are 10-30 ms late)."""
+    max_frame_stamp_offset_ms: tuple[float, float] = (-50.0, 100.0)
+    """Range the estimated offset may take (a stamp at exposure start is early, on arrival late)."""
     max_waiting: int = 256
     """Trigger pairs (or frames) waiting for their partner, at most; the oldest go first."""
     min_trigger_span_s: float = 0.1
@@ -310,6 +316,10 @@ class StampClock:
         return ClockFit(ref_x, ref_y, offset, slope, "stamps", int(x.size))
 
 
+OFFSET_FRAMES = 32
+OFFSET_DEADBAND_NS = 2e6
+
+
 class TriggerClock:
     """Trigger pairs (channel 0: exposure start edge, then end; which value is the start is
     SyncConfig.trigger_start_value) matched in order to frame stamps."""
@@ -322,6 +332,12 @@ class TriggerClock:
         self._frames: list[int] = []
         self.matched = _Series(np.float64, np.int64)  # x = mid sensor us, y = frame stamp ns
         self.exposure_us: dict[int, float] = {}
+        given = config.frame_stamp_offset_s
+        self.offset_ns: float | None = None if given is None else float(given) * 1e9
+        """Frame stamp minus the pair's stamp-estimated middle: given, or estimated once enough
+        pairs and frames were seen, then followed as the median of the matched ones."""
+        self._offset_given = given is not None
+        self._matched_offsets: deque[tuple[int, float]] = deque(maxlen=512)  # (stamp, stamp - coarse)
 
     def add_edges(self, triggers: np.ndarray, coarse: ClockFit | None) -> None:
         """Feed decoded trigger events (TRIGGER_DTYPE, in stream order)."""
@@ -348,13 +364,50 @@ class TriggerClock:
         self._frames.append(int(stamp_ns))
         self._match()
 
+    def _estimate_offset(self) -> None:
+        """The constant offset that pairs the waiting frames with waiting pair middles: votes of
+        each frame per 1 ms bin of stamp - middle, the most voted bins win. Frames come every
+        period, so offsets a period apart tie: the smallest one a stamp can physically have
+        wins (no earlier than exposure start); an offset beyond a frame period must be given
+        (rig calibration frame_stamp_offset_s)."""
+        pairs = [(c, e) for _, e, c in self._pairs[:64] if np.isfinite(c)]
+        frames = np.asarray(self._frames[:64], dtype=np.float64)
+        if not pairs or frames.size == 0:
+            return
+        coarse = np.array([c for c, _ in pairs])
+        if coarse.max() <= frames[0]:
+            return  # the oldest frame's own pair may still be on its way: wait for a later one
+        earliest = -(0.5 * max(e for _, e in pairs) * 1e3 + 1e6)  # exposure start, 1 ms slack
+        lo, hi = (v * 1e6 for v in self.config.max_frame_stamp_offset_ms)
+        diffs = frames[:, None] - coarse[None, :]
+        ok = (diffs >= max(lo, earliest)) & (diffs <= hi)
+        if not ok.any():
+            return
+        frame_idx = np.broadcast_to(np.arange(frames.size)[:, None], diffs.shape)[ok]
+        bins = np.floor(diffs[ok] / 1e6).astype(np.int64)
+        votes = np.zeros(int(bins.max() - bins.min()) + 2, np.int64)
+        for shift in (0, 1):  # a frame votes for its bin and the next: offsets on a bin edge count
+            pairs_seen = np.unique(np.stack([frame_idx, bins - bins.min() + shift]), axis=1)
+            np.add.at(votes, pairs_seen[1], 1)
+        best = int(votes.max())
+        if best < 0.5 * min(frames.size, len(pairs)):
+            return
+        first = int(np.flatnonzero(votes == best)[0]) + int(bins.min())  # bins [first - 1, first]
+        window = (diffs >= (first - 1) * 1e6) & (diffs < (first + 1) * 1e6)
+        self.offset_ns = float(np.median(diffs[window]))
+
     def _match(self) -> None:
+        if self.offset_ns is None:
+            self._estimate_offset()
+        offset = self.offset_ns
         tol = self.config.trigger_match_tol_ms * 1e6
         pairs, frames = self._pairs, self._frames
         i = j = 0
-        while i < len(pairs) and j < len(frames):
+        # nothing is paired before the offset is known: a guess would pair neighbours, and a
+        # wrong pair stays in the fit; the waiting frames and pairs are matched once it is
+        while offset is not None and i < len(pairs) and j < len(frames):
             mid, exposure, coarse = pairs[i]
-            stamp = frames[j]
+            stamp = frames[j] - offset
             if np.isfinite(coarse) and stamp < coarse - tol:
                 self.stats.unmatched_frames += 1  # that frame's pair never came
                 j += 1
@@ -362,12 +415,15 @@ class TriggerClock:
                 self.stats.unmatched_pairs += 1  # that pair's frame never came
                 i += 1
             else:
+                stamp = frames[j]
                 if len(self.matched) and stamp <= int(self.matched.last()[1]):
                     self.stats.unmatched_frames += 1
                     j += 1
                     continue
                 self.matched.append(mid, stamp)
                 self.exposure_us[stamp] = exposure
+                if np.isfinite(coarse) and not self._offset_given:
+                    self._matched_offsets.append((stamp, stamp - coarse))
                 self.stats.matched_pairs += 1
                 i += 1
                 j += 1
@@ -412,6 +468,19 @@ class TriggerClock:
             intercept = float(ys[-1] - slope * xs[-1])
         return ClockFit(ref_x, int(y[0]), intercept, slope, "triggers", int(x.size))
 
+    def offset_for(self, stamp_ns: int) -> float:
+        """Frame stamp minus mid-exposure for the frame stamped stamp_ns: given, else the median
+        over the last OFFSET_FRAMES matched frames up to it (so it depends on the frames and
+        pairs, not on when they arrived); 0 when that is within OFFSET_DEADBAND (stamps at
+        mid-exposure: the trigger fit is exact there, the packet-stamp estimate only noise)."""
+        if self._offset_given:
+            return float(self.offset_ns)
+        upto = [d for s, d in self._matched_offsets if s <= stamp_ns][-OFFSET_FRAMES:]
+        if not upto:
+            return 0.0
+        offset = float(np.median(upto))
+        return 0.0 if abs(offset) < OFFSET_DEADBAND_NS else offset
+
     def exposure_s(self, stamp_ns: int, slope: float = NS_PER_US) -> float:
         exposure = self.exposure_us.get(int(stamp_ns))
         return 0.0 if exposure is None else exposure * slope * 1e-9
@@ -452,6 +521,11 @@ class ClockSync:
 
     def exposure_s(self, stamp_ns: int) -> float:
         return self.triggers.exposure_s(stamp_ns)
+
+    def frame_stamp_offset_ns(self, stamp_ns: int) -> float:
+        """Frame stamp minus mid-exposure in ROS time for this frame (given, or fitted from the
+        trigger pairs matched up to it); 0 while unknown."""
+        return self.triggers.offset_for(stamp_ns)
 
     def current(self) -> ClockFit | None:
         """The latest fit, cheaply (trigger pairs when matched, else the cached stamp fit)."""

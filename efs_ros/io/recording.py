@@ -449,7 +449,7 @@ def write_recording(path, rec, *, storage: str = "mcap", packet_us: int = 1000,
                     drift_ppm: float = 0.0, ros_start_ns: int = 1_700_000_000_000_000_000,
                     seed: int = 0, focus_rate_hz: float | None = None,
                     focus_noise_dpt: float = 0.0, ground_truth: bool = True,
-                    seq_start: int = 0) -> WrittenRecording:
+                    seq_start: int = 0, frame_stamp_late_ms: float = 0.0) -> WrittenRecording:
     """Write a SimulatedRecording as a CONTRACT bag (see the module docstring).
 
     `rec` needs: width, height, events (EVENT_DTYPE, absolute sensor us, sorted), frames
@@ -457,6 +457,8 @@ def write_recording(path, rec, *, storage: str = "mcap", packet_us: int = 1000,
     exposure_s or exposure_us (scalar or per frame), lens_t_us / lens_dpt (/ lens_velocity); optionally
     triggers (TRIGGER_DTYPE; made from the frames' exposures when absent), gt_aif, gt_depth.
     `focus_rate_hz` resamples the lens (linearly) when given; the CONTRACT wants >= 200 Hz.
+    `frame_stamp_late_ms` stamps frames (and their truths) that much after mid-exposure, as a
+    camera driver that stamps on arrival does.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
 
@@ -540,14 +542,15 @@ def write_recording(path, rec, *, storage: str = "mcap", packet_us: int = 1000,
             encoding=fields.encoding, is_bigendian=int(fields.is_bigendian), step=fields.step,
             data=np.frombuffer(fields.data, dtype=np.uint8))
 
-    frame_stamps = host_ns(frame_t)
+    frame_stamps = host_ns(frame_t) + int(round(frame_stamp_late_ms * 1e6))
     gt_aif = _attr(rec, "gt_aif") if ground_truth else None
     gt_depth = _attr(rec, "gt_depth") if ground_truth else None
     for i in range(frame_t.size):
         stamp = int(frame_stamps[i])
         encoding = "mono8" if frames[i].ndim == 2 else "rgb8"
         # a frame reaches the host after its exposure ends and it is read out
-        received = stamp + int(exposure[i] * 500) + 2_000_000
+        received = max(stamp, int(frame_stamps[i] - frame_stamp_late_ms * 1e6) + int(exposure[i] * 500)
+                       + 2_000_000)
         cdr = store.serialize_cdr(image_msg(stamp, encode_frame(frames[i], encoding), "camera"),
                                   IMAGE_TYPE)
         out.append((received, 1, TOPIC_IMAGE, cdr))
