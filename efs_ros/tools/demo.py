@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=96)
     parser.add_argument("--frame-rate", type=float, default=4.0, help="camera frames per second")
     parser.add_argument("--method", default="dense", help="all_in_focus method parameter")
-    parser.add_argument("--backend", default="classical",
-                        help="all_in_focus backend (auto: the nets on a GPU, else classical)")
+    parser.add_argument("--backend", default="auto",
+                        help="all_in_focus backend (auto, the node's default: a GPU backend, else the "
+                        "restore pass on onnxruntime-cpu; classical: no nets)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     return parser
 
