@@ -81,7 +81,9 @@ def graph(tmp_path_factory):
     """Focus controller (sim lens) -> sim_rig -> all_in_focus, three processes, and a listener
     for the outputs, the rig's frames and ground truth, and /diagnostics."""
     from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from efs_ros.nodes.convert import stamp_to_ns
 
     logs = tmp_path_factory.mktemp("node_logs")
     procs = [
@@ -99,6 +101,9 @@ def graph(tmp_path_factory):
     for topic in ("/efs/depth", "/ground_truth/depth"):
         listener.listen(Image, topic, image_item, None)
     listener.listen(DiagnosticArray, "/diagnostics", diagnostics_item, None)
+    listener.listen(CameraInfo, "/efs/camera_info",
+                    lambda m: (stamp_to_ns(m.header.stamp), m.header.frame_id, m.width, m.height,
+                               tuple(m.k)), None)
     listener.start()
     yield procs, listener
     listener.close()
@@ -196,6 +201,15 @@ def test_live_outputs_are_sharper_than_the_input_frames(graph):
         scores.append((psnr(frames[stamp] / 255.0, gt), psnr(out / 255.0, gt)))
     scores = np.array(scores)
     assert scores[:, 1].mean() > scores[:, 0].mean() + 0.5, scores.round(1).tolist()
+    # the rig's camera_info comes back as the outputs' camera: same header as each output
+    wait_for_progress(lambda: len(listener.items("/efs/camera_info")),
+                      lambda: {i[0] for i in listener.items("/efs/camera_info")} >= set(outputs),
+                      "a /efs/camera_info for every output heard", alive=all_alive(*procs))
+    infos = {i[0]: i for i in listener.items("/efs/camera_info")}
+    for stamp in outputs:
+        _, frame_id, width, height, k, *_ = infos[stamp]
+        assert (width, height) == (96, 72) and frame_id == "camera"
+        assert k[2] == (96 - 1) / 2 and k[5] == (72 - 1) / 2
     # /diagnostics (once a second) counts them
     status = wait_for_status(procs, listener, lambda st: int(st["jobs_done"]) >= 8,
                              lambda: _counter(latest_status(listener, STATUS), "jobs_done"),

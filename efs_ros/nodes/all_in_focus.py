@@ -62,7 +62,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from efs_ros.core.assembler import AssemblerConfig, JobAssembler
 from efs_ros.core.calibration import CalibrationError, RigCalibration
@@ -84,10 +84,12 @@ from efs_ros.nodes.common import (
     take_queued,
     text_param,
 )
-from efs_ros.nodes.convert import as_uint8, joint_state_focus, stamp_to_ns, uint8_array
+from efs_ros.nodes.convert import as_uint8, joint_state_focus, restamped_camera_info, stamp_to_ns, uint8_array
 
 EVENTS_TOPIC = "/event_camera/events"
 FRAMES_TOPIC = "/camera/image_raw"
+CAMERA_INFO_IN_TOPIC = "/camera/camera_info"
+CAMERA_INFO_TOPIC = "/efs/camera_info"
 FOCUS_TOPIC = "/lens/focus_state"
 AIF_TOPIC = "/efs/all_in_focus"
 REFOCUS_TOPIC = "/efs/refocus_map"
@@ -435,9 +437,15 @@ class AllInFocusNode(Node):
                                  callback_group=inputs)
         self.create_subscription(JointState, FOCUS_TOPIC, self._on_focus, input_qos(500),
                                  callback_group=inputs)
+        self.create_subscription(CameraInfo, CAMERA_INFO_IN_TOPIC, self._on_camera_info, input_qos(10),
+                                 callback_group=inputs)
         self._aif_pub = self.create_publisher(Image, AIF_TOPIC, qos(depth=10))
         self._refocus_pub = self.create_publisher(Image, REFOCUS_TOPIC, qos(depth=10))
         self._depth_pub = self.create_publisher(Image, DEPTH_TOPIC, qos(depth=10))
+        self._info_pub = self.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos(depth=10))
+        self._camera_info = None
+        """The input camera's latest CameraInfo: the outputs keep the frame's geometry, so it is
+        theirs, republished with each output's header (CONTRACT section 2)."""
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, qos(depth=10))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
@@ -513,6 +521,11 @@ class AllInFocusNode(Node):
                                                  is_bigendian=msg.is_bigendian)
         except Exception as exc:  # noqa: BLE001 - a bad message must never stop the node
             self._callback_failed("event packet", exc)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Optional input; a CameraInfo whose size is not the frames' would mislabel the outputs,
+        so it is checked against them when they are published."""
+        self._camera_info = msg
 
     def _on_frame(self, msg: Image) -> None:
         try:
@@ -639,6 +652,15 @@ class AllInFocusNode(Node):
             (self._refocus_pub, encode_float(result.refocus_map)),
             (self._depth_pub, encode_float(result.depth)),
         )
+        info = self._camera_info
+        shape = result.all_in_focus.shape
+        if info is not None and (int(info.width), int(info.height)) == (shape[1], shape[0]):
+            self._info_pub.publish(restamped_camera_info(info, job.stamp_ns, frame_id))
+        elif info is not None:
+            with self._lock:
+                self._counts.bad_messages += 1
+                self._counts.last_fault = (f"camera_info is {info.width}x{info.height}, outputs "
+                                           f"{shape[1]}x{shape[0]}: /efs/camera_info not published")
         for publisher, fields_ in outputs:
             msg = Image()
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(job.stamp_ns, 1_000_000_000)

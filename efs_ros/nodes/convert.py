@@ -99,6 +99,40 @@ def make_event_packet(stamp_ns: int, data, width: int, height: int, seq: int,
     return msg
 
 
+# ---------------------------------------------------------------------- sensor_msgs/CameraInfo
+
+def make_camera_info(stamp_ns: int, frame_id: str, width: int, height: int, focal_px: float):
+    """A distortion-free pinhole CameraInfo (plumb_bob, zero coefficients), principal point at
+    the image centre: what a simulated camera, or a rig without a calibration of its own, has."""
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    f = float(focal_px)
+    msg.k = [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def restamped_camera_info(info, stamp_ns: int, frame_id: str):
+    """A copy of a CameraInfo with another header (the outputs' camera is the input frame's)."""
+    from sensor_msgs.msg import CameraInfo
+
+    out = CameraInfo()
+    for name in ("height", "width", "distortion_model", "d", "k", "r", "p", "binning_x", "binning_y",
+                 "roi"):
+        setattr(out, name, getattr(info, name))
+    out.header.stamp = ns_to_stamp(stamp_ns)
+    out.header.frame_id = frame_id
+    return out
+
+
 # ---------------------------------------------------------------------- sensor_msgs/Image
 
 def image_msg_to_numpy(msg) -> np.ndarray:

@@ -30,7 +30,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from efs_ros.core.events import EVENT_DTYPE, TRIGGER_DTYPE
 from efs_ros.core.evt3 import Evt3Encoder
@@ -50,13 +50,20 @@ from efs_ros.nodes.common import (
     spin_node_main,
     text_param,
 )
-from efs_ros.nodes.convert import joint_state_focus, make_event_packet, make_focus_state, uint8_array
+from efs_ros.nodes.convert import (
+    joint_state_focus,
+    make_camera_info,
+    make_event_packet,
+    make_focus_state,
+    uint8_array,
+)
 from efs_ros.sim.optics import FocalRenderer, ThinLens, luminance
 from efs_ros.sim.scene import SCENE_KINDS, make_scene
 from efs_ros.sim.sensor import SENSOR_MODELS, EventSensor, SensorConfig
 
 EVENTS_TOPIC = "/event_camera/events"
 FRAMES_TOPIC = "/camera/image_raw"
+CAMERA_INFO_TOPIC = "/camera/camera_info"
 FOCUS_TOPIC = "/lens/focus_state"
 GT_AIF_TOPIC = "/ground_truth/all_in_focus"
 GT_DEPTH_TOPIC = "/ground_truth/depth"
@@ -288,6 +295,7 @@ class SimRigNode(Node):
 
         self._events_pub = self.create_publisher(EventPacket, EVENTS_TOPIC, qos(depth=1000))
         self._frame_pub = self.create_publisher(Image, FRAMES_TOPIC, qos(depth=10))
+        self._info_pub = self.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos(depth=10))
         self._gt_aif_pub = self.create_publisher(Image, GT_AIF_TOPIC, qos(depth=10))
         self._gt_depth_pub = self.create_publisher(Image, GT_DEPTH_TOPIC, qos(depth=10))
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, qos(depth=10))
@@ -532,6 +540,8 @@ class SimRigNode(Node):
         frame = np.clip(frame, 0.0, 1.0)
         self._frame_pub.publish(self._image(mid_ns, self._as_encoding(frame, s.encoding),
                                             s.encoding))
+        # nominal pinhole (a 53 degree field of view): the simulator renders no perspective
+        self._info_pub.publish(make_camera_info(mid_ns, "camera", s.width, s.height, float(s.width)))
         self._stats["frames"] += 1
         if s.publish_ground_truth:
             if self._gt_aif_pixels is None:
